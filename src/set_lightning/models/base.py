@@ -1,0 +1,47 @@
+"""The interface every N-body model implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class NBodyModel(nn.Module):
+    """Base class of every model that the LightningModule can train.
+
+    Subclasses implement::
+
+        forward(x, v, charges) -> (x_pred, v_pred)
+
+    Args:
+        x: ``(B, L, N, 3)`` positions of the ``L`` history frames; ``x[:, -1]`` is the input frame.
+        v: ``(B, L, N, 3)`` velocities at the same frames.
+        charges: ``(B, N, 1)`` particle charges (+1 / -1).
+
+    Returns:
+        x_pred: ``(B, N, 3)`` predicted positions at the target frame.
+        v_pred: ``(B, N, 3)`` predicted velocities at the target frame.
+
+    Class attribute ``equivariant`` says whether the model claims E(n) equivariance
+    (rotations, reflections and translations of ``x``; ``v`` rotates but does not translate).
+    Every model is permutation-equivariant in the particle axis and has a parameter count that
+    does not depend on ``N``.
+    """
+
+    equivariant: bool = False
+
+    def forward(
+        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @staticmethod
+    def check_inputs(x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor) -> None:
+        """Raise a ValueError naming the argument whose shape is wrong."""
+        if x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"x must have shape (B, L, N, 3), got {tuple(x.shape)}")
+        if v.shape != x.shape:
+            raise ValueError(f"v must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
+        b, _, n, _ = x.shape
+        if charges.shape != (b, n, 1):
+            raise ValueError(f"charges must have shape (B, N, 1) = {(b, n, 1)}, got {tuple(charges.shape)}")
