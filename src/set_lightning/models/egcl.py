@@ -1,0 +1,88 @@
+"""E(n)-equivariant graph convolution (Satorras et al. 2021) on dense, fully connected graphs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import PairLinear, VectorOut, off_diagonal, pairwise
+
+
+class EGCL(nn.Module):
+    r"""One E(n)-equivariant graph convolutional layer with optional multi-head edge attention.
+
+    For every graph (the batch and time axes are folded together, ``G = B * L``), all pairs ``i != j``::
+
+        m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, a_ij)
+        x_i' = x_i + C * sum_j w_ij * (x_i - x_j) * phi_x(m_ij) + phi_v(h_i) * v_i
+        h_i' = h_i + phi_h(h_i, sum_j w_ij m_ij)
+
+    With ``attention`` the weights are a softmax over ``j`` of an invariant score ``Linear(m_ij)`` (one per
+    head; the message channels are split across heads, coordinates use the head-mean weight). Without
+    it, messages are summed and coordinate updates averaged over neighbours (exactly EGNN's choice).
+    ``equivariant=False`` feeds the coordinate differences to ``phi_e`` and predicts ``phi_x`` and
+    ``phi_v`` as raw 3-vectors (``MLP([m_ij, x_i - x_j])``, ``MLP([h_i, v_i])``): no longer rotation
+    equivariant, still translation invariant. Edges are dense: ``(G, N, N, .)`` tensors, diagonal masked.
+    As in EGNN, the last layer of ``phi_x`` has no bias and is xavier-initialised with gain 0.001.
+
+    Args:
+        hidden: width ``H`` of node features and messages.
+        edge_dim: number of edge attributes ``a_ij``.
+        attention: softmax attention over neighbours (True) or plain sum / mean (False).
+        n_heads: attention heads (must divide ``hidden``).
+        equivariant: keep E(n) equivariance (see above).
+        velocity: add the velocity term ``phi_v(h_i) v_i`` to the coordinate update.
+        norm_diff: use ``(x_i - x_j) / (|x_i - x_j| + 1)`` in the coordinate update.
+        tanh: bound ``phi_x`` by ``coords_range * tanh``.
+        coords_range: bound used with ``tanh``.
+        coords_weight: constant ``C`` multiplying the aggregated coordinate update.
+        recurrent: residual node update ``h + phi_h`` (EGNN's ``recurrent``).
+        pre_norm: feed ``LayerNorm(h)`` (instead of ``h``) to ``phi_e``, ``phi_h`` and ``phi_v``; the residual
+            stream stays un-normalised. Keeps deep stacks bounded (not in the EGNN reference).
+
+    Shapes:
+        h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)``, edge_attr: ``(G, N, N, edge_dim)``
+        -> h ``(G, N, H)``, x ``(G, N, 3)``.
+    """
+
+    def __init__(
+        self, hidden: int = 64, edge_dim: int = 2, attention: bool = True, n_heads: int = 4,
+        equivariant: bool = True, velocity: bool = True, norm_diff: bool = True, tanh: bool = True,
+        coords_range: float = 15.0, coords_weight: float = 1.0, recurrent: bool = True, pre_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if attention and hidden % n_heads:
+            raise ValueError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
+        self.attention, self.n_heads, self.equivariant = attention, n_heads, equivariant
+        self.norm_diff, self.coords_weight, self.recurrent = norm_diff, coords_weight, recurrent
+        d_e = 1 + edge_dim + (0 if equivariant else 3)
+        self.edge_in = PairLinear(hidden, hidden, d_e, hidden)
+        self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
+        self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.phi_x = VectorOut(hidden, 1, hidden, equivariant, tanh, coords_range, last_gain=0.001, last_bias=False)
+        self.phi_v = VectorOut(hidden, 1, hidden, equivariant) if velocity else None
+        self.att = nn.Linear(hidden, n_heads) if attention else None
+        self.norm = nn.LayerNorm(hidden) if pre_norm else None
+
+    def forward(
+        self, h: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None, edge_attr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[-2]
+        hn = h if self.norm is None else self.norm(h)
+        diff, radial = pairwise(x, self.norm_diff)
+        e = [radial, edge_attr] + ([] if self.equivariant else [diff])
+        m = self.edge_out(self.edge_in(hn, hn, torch.cat([t.to(radial.dtype) for t in e], dim=-1)))
+        mask = off_diagonal(n, x.device).unsqueeze(-1)  # (N, N, 1)
+        if self.att is not None:
+            a = self.att(m).masked_fill(~mask, float("-inf")).softmax(dim=-2)  # (G, N, N, heads)
+            g, _, _, d = m.shape
+            agg = (a.unsqueeze(-1) * m.view(g, n, n, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
+            w = a.mean(-1, keepdim=True)
+        else:
+            agg = (m * mask).sum(-2)
+            w = mask.to(m.dtype) / max(n - 1, 1)
+        x = x + self.coords_weight * (w * self.phi_x(m, diff.unsqueeze(-2))).sum(-2)
+        if self.phi_v is not None:
+            x = x + self.phi_v(hn, v.unsqueeze(-2))
+        out = self.node_mlp(torch.cat([hn, agg.to(hn.dtype)], dim=-1))
+        return (h + out if self.recurrent else out), x

@@ -1,0 +1,67 @@
+"""EGNN baseline: Satorras et al.'s ``EGNN_vel`` as used for the charged N-body experiment."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import NBodyModel
+from .egcl import EGCL
+from .layers import VectorOut
+
+
+class EGNN(NBodyModel):
+    r"""E(n)-equivariant GNN with velocity (``EGNN_vel``), on the last input frame only.
+
+    Same layers as the reference: node feature ``|v|`` embedded to ``hidden``, edge attributes
+    ``q_i q_j`` and the input squared distance, ``n_layers`` E_GCL_vel layers (SiLU, summed messages,
+    mean coordinate update, residual node update, ``x += phi_v(h) v`` with the *input* velocity in every
+    layer), fully connected graph. The reference predicts positions only; for the velocity target this
+    class adds one equivariant head on the final features::
+
+        v_pred = v + g_1(h) v + g_2(h) (x_pred - x)
+
+    (``g`` a 2-layer MLP to two invariant gates; it does not influence ``x_pred``).
+
+    Args:
+        hidden: feature width (reference 64).
+        n_layers: number of E_GCL_vel layers (reference 4).
+        coords_weight: multiplier of the aggregated coordinate update (reference 1.0).
+        recurrent: residual node updates (reference True).
+        attention: softmax edge attention (False = reference summed messages).
+        n_heads: attention heads, only with ``attention``.
+        norm_diff: normalise coordinate differences (reference default False).
+        tanh: bound the coordinate MLP with ``coords_range * tanh`` (reference default False).
+        coords_range: bound used with ``tanh`` (reference behaviour: 1.0).
+    """
+
+    equivariant = True
+
+    def __init__(
+        self, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, recurrent: bool = True,
+        attention: bool = False, n_heads: int = 1, norm_diff: bool = False, tanh: bool = False,
+        coords_range: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Linear(1, hidden)
+        self.layers = nn.ModuleList(
+            EGCL(hidden, 2, attention, n_heads, True, True, norm_diff, tanh, coords_range, coords_weight, recurrent)
+            for _ in range(n_layers)
+        )
+        self.head_v = VectorOut(hidden, 2, hidden, equivariant=True)
+
+    def forward(
+        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shapes: x, v ``(B, L, N, 3)`` (only ``[:, -1]`` used), charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
+        self.check_inputs(x, v, charges)
+        x0, v0 = x[:, -1], v[:, -1]
+        q = charges.to(x.dtype)
+        radial = ((x0.unsqueeze(-2) - x0.unsqueeze(-3)) ** 2).sum(-1, keepdim=True)
+        edge_attr = torch.cat([q.unsqueeze(-2) * q.unsqueeze(-3), radial], dim=-1)
+        h = self.embedding(torch.linalg.vector_norm(v0, dim=-1, keepdim=True))
+        xs = x0
+        for layer in self.layers:
+            h, xs = layer(h, xs, v0, edge_attr)
+        v_pred = v0 + self.head_v(h, torch.stack([v0, xs - x0], dim=-2))
+        return xs, v_pred
