@@ -1,0 +1,94 @@
+"""``python -m set_lightning {fit,validate,test,predict,sweep}``: Lightning's own CLI.
+
+``fit``/``validate``/``test``/``predict`` are :class:`lightning.pytorch.cli.LightningCLI`
+subcommands (OmegaConf parser mode, so config files may interpolate). Every subcommand starts from
+the packaged ``conf/defaults.yaml`` (a small N-body run that finishes on a laptop CPU in minutes);
+``--config conf/<model>.yaml`` and dotted overrides such as ``--trainer.max_epochs 5`` refine it.
+``sweep`` is the ablation runner (:mod:`set_lightning.sweep`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from set_lightning.errors import UserError, run_with_clean_errors
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULTS = CONF_DIR / "defaults.yaml"
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _build_cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    from set_lightning.data import NBodyDataModule
+    from set_lightning.lit import SETLightningModule
+
+    class SETLightningCLI(LightningCLI):
+        """LightningCLI bound to :class:`SETLightningModule` and :class:`NBodyDataModule`."""
+
+        def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, **kwargs) -> None:
+            # exit_on_error=False: parse errors are raised and shown as one line by main()
+            parser_kwargs: dict = {"parser_mode": "omegaconf", "exit_on_error": False}
+            if not run:  # no subcommand: the main parser takes the config
+                parser_kwargs["default_config_files"] = [str(DEFAULTS)]
+            for sub in LIGHTNING_SUBCOMMANDS:
+                parser_kwargs[sub] = {
+                    "default_config_files": [str(DEFAULTS)],
+                    "parser_mode": "omegaconf",
+                    "exit_on_error": False,
+                }
+            kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+            super().__init__(
+                SETLightningModule,
+                NBodyDataModule,
+                parser_kwargs=parser_kwargs,
+                args=args,
+                run=run,
+                **kwargs,
+            )
+
+        def before_fit(self) -> None:
+            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+
+        def before_validate(self) -> None:
+            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+
+        def before_test(self) -> None:
+            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+
+        def before_predict(self) -> None:
+            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+
+    return SETLightningCLI
+
+
+def _check_ckpt_path(ckpt_path: Optional[str]) -> None:
+    """Fail early, with one line, on a checkpoint file that does not exist."""
+    if ckpt_path in (None, "last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        return
+    if not os.path.isfile(ckpt_path):
+        raise UserError(f"ckpt_path: no such checkpoint file: {ckpt_path}")
+
+
+def make_cli(args: Optional[Sequence[str]] = None, run: bool = True):
+    """Build (and by default run) the LightningCLI on ``args`` (``None`` = ``sys.argv[1:]``)."""
+    return _build_cli_class()(args=args, run=run)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point: ``set-lightning`` / ``python -m set_lightning``."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] == "sweep":
+        from set_lightning.sweep import main as sweep_main
+
+        sys.exit(run_with_clean_errors(lambda: sweep_main(words[1:])))
+    # args=None lets LightningCLI read sys.argv itself (it warns when given both)
+    sys.exit(run_with_clean_errors(lambda: make_cli(None if argv is None else words)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The LightningModule that trains any registered N-body model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MeanSquaredError
+
+from set_lightning.models.base import NBodyModel
+
+Batch = dict[str, torch.Tensor]
+SCHEDULERS = ("none", "cosine", "plateau")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+class SETLightningModule(pl.LightningModule):
+    """Trains and evaluates an :class:`~set_lightning.models.base.NBodyModel` on N-body batches.
+
+    Loss = ``pos_weight * MSE(x_pred, x_target) + vel_weight * MSE(v_pred, v_target)``.
+    Validation and test report ``{stage}/pos_mse`` (the benchmark figure: MSE of absolute
+    positions over batch x N x 3), ``{stage}/vel_mse`` and ``{stage}/loss``.
+
+    Args:
+        net: the model, any ``NBodyModel`` subclass (``SET``, ``EGNN``, ``MLP``, ``Linear``, ``LSTM``).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        pos_weight: weight of the position MSE in the training loss.
+        vel_weight: weight of the velocity MSE in the training loss (0 trains on positions only).
+        scheduler: learning-rate schedule, one of ``none``, ``cosine`` (to 0 over
+            ``trainer.max_epochs``) or ``plateau`` (halve when ``val/pos_mse`` stalls).
+        plateau_patience: epochs without improvement before ``plateau`` halves the rate.
+    """
+
+    def __init__(
+        self,
+        net: NBodyModel,
+        lr: float = 5e-4,
+        weight_decay: float = 1e-12,
+        pos_weight: float = 1.0,
+        vel_weight: float = 1.0,
+        scheduler: Literal["none", "cosine", "plateau"] = "none",
+        plateau_patience: int = 10,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be an NBodyModel (nn.Module), got {type(net).__name__}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive finite number, got {lr}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if pos_weight < 0 or vel_weight < 0 or pos_weight + vel_weight == 0:
+            raise ValueError(
+                f"pos_weight and vel_weight must be >= 0 and not both 0, got {pos_weight}, {vel_weight}"
+            )
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if plateau_patience < 1:
+            raise ValueError(f"plateau_patience must be >= 1, got {plateau_patience}")
+        self.save_hyperparameters(ignore=["net"] if not _from_cli() else None)
+        self.net = net
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": MeanSquaredError()
+                for stage in ("val", "test")
+                for kind in ("pos", "vel")
+            }
+        )
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict ``(x_pred, v_pred)``, each ``(B, N, 3)``, from a batch dict."""
+        return self.net(batch["x"], batch["v"], batch["charges"])
+
+    def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_pred, v_pred = self(batch)
+        x_pred, v_pred = x_pred.float(), v_pred.float()
+        pos = nn.functional.mse_loss(x_pred, batch["x_target"])
+        vel = nn.functional.mse_loss(v_pred, batch["v_target"])
+        return pos, vel, x_pred, v_pred
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        pos, vel, _, _ = self._losses(batch)
+        loss = self.hparams.pos_weight * pos + self.hparams.vel_weight * vel
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
+                f"(pos_mse={pos.item():.4g}, vel_mse={vel.item():.4g}); lower model.lr "
+                "(currently {:.3g}), enable the model's norm_diff/tanh options, or use "
+                "trainer.gradient_clip_val. Checkpoints written so far are kept.".format(self.hparams.lr)
+            )
+        bs = batch["x"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/pos_mse", pos, batch_size=bs)
+        self.log("train/vel_mse", vel, batch_size=bs)
+        return loss
+
+    def _eval_step(self, batch: Batch, stage: str) -> None:
+        pos, vel, x_pred, v_pred = self._losses(batch)
+        bs = batch["x"].shape[0]
+        self.metrics[f"{stage}_pos"].update(x_pred, batch["x_target"])
+        self.metrics[f"{stage}_vel"].update(v_pred, batch["v_target"])
+        loss = self.hparams.pos_weight * pos + self.hparams.vel_weight * vel
+        self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
+        self.log(f"{stage}/pos_mse", self.metrics[f"{stage}_pos"], prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/vel_mse", self.metrics[f"{stage}_vel"], batch_size=bs)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        x_pred, v_pred = self(batch)
+        return {
+            "x": batch["x"],
+            "v": batch["v"],
+            "charges": batch["charges"],
+            "x_target": batch["x_target"],
+            "v_target": batch["v_target"],
+            "x_pred": x_pred.float(),
+            "v_pred": v_pred.float(),
+        }
+
+    def on_train_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams(
+                self.hparams_for_logging(), {"hp/val_pos_mse": float("nan"), "hp/test_pos_mse": float("nan")}
+            )
+
+    def hparams_for_logging(self) -> dict[str, Any]:
+        """Flat, TensorBoard-friendly hyper-parameters, including the model's class and size."""
+        flat: dict[str, Any] = {
+            "model": type(self.net).__name__,
+            "n_params": sum(p.numel() for p in self.net.parameters()),
+        }
+        for k, v in self.hparams.items():
+            if isinstance(v, (int, float, str, bool)):
+                flat[k] = v
+        return flat
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and "val/pos_mse" in self.trainer.callback_metrics:
+            self.log("hp/val_pos_mse", self.trainer.callback_metrics["val/pos_mse"])
+
+    def on_test_epoch_end(self) -> None:
+        if "test/pos_mse" in self.trainer.callback_metrics:
+            self.log("hp/test_pos_mse", self.trainer.callback_metrics["test/pos_mse"])
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "cosine":
+            t_max = max(int(self.trainer.max_epochs or 1), 1)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.hparams.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=0.5, patience=self.hparams.plateau_patience
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/pos_mse"}}
+        return opt
+
+
+def _from_cli() -> bool:
+    """True while LightningCLI instantiates the module (it then records the net's config)."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
