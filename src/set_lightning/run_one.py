@@ -1,0 +1,102 @@
+"""Train and test one configuration, and record its result: the unit of work of a sweep.
+
+``python -m set_lightning.run_one RUN_DIR [CLI ARGS ...]`` runs ``fit`` (resuming from
+``RUN_DIR/checkpoints/last.ckpt`` when an earlier attempt was interrupted), then ``test`` on the
+checkpoint with the best ``val/pos_mse``, and writes ``RUN_DIR/result.json`` last, atomically: a
+run directory with ``result.json`` is finished, one without it is not. The CLI arguments are those
+of ``python -m set_lightning fit`` (``--config ...``, dotted overrides), so each run can equally be
+submitted as its own job to a cluster scheduler, and run as a DDP job with
+``--trainer.strategy ddp --trainer.devices N [--trainer.num_nodes M]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+RESULT_FILE = "result.json"
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
+    """Fit then test one configuration under ``run_dir``; return (and write) its result row."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from set_lightning.cli import make_cli
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        *cli_args,
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.logger.class_path=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
+        f"--trainer.logger.init_args.name={run_dir.name}",
+        "--trainer.logger.init_args.version=tb",
+        "--trainer.logger.init_args.default_hp_metric=false",
+    ]
+    cli = make_cli(args=args, run=False)
+    trainer = cli.trainer
+    ckpt_cb = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
+    ckpt_cb.dirpath = str(run_dir / "checkpoints")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+
+    start = time.perf_counter()
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    train_time = time.perf_counter() - start
+    if trainer.interrupted:
+        raise KeyboardInterrupt("fit was interrupted; rerun to resume from last.ckpt")
+    best = ckpt_cb.best_model_path or None
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or "last", verbose=False)
+    net = cli.model.net
+    result = {
+        "run_dir": str(run_dir),
+        "model": type(net).__name__,
+        "n_params": int(sum(p.numel() for p in net.parameters())),
+        "best_val_pos_mse": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "test_pos_mse": float(tested[0]["test/pos_mse"]),
+        "test_vel_mse": float(tested[0]["test/vel_mse"]),
+        "epochs": int(trainer.current_epoch),
+        "train_time_s": round(train_time, 2),
+        "resumed": resume is not None,
+        "best_ckpt": best,
+        "cli_args": list(cli_args),
+    }
+    if trainer.global_rank == 0:
+        _write_json_atomic(run_dir / RESULT_FILE, result)
+    return result
+
+
+def read_result(run_dir: str | Path) -> Optional[dict[str, Any]]:
+    """The finished run's result row, or ``None`` when the run has not finished."""
+    path = Path(run_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if argv else 2)
+    from set_lightning.errors import run_with_clean_errors
+
+    sys.exit(run_with_clean_errors(lambda: run_one(argv[0], argv[1:])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The ablation sweep: spec validation, grid expansion, kill + resume end to end, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from set_lightning.errors import UserError
+from set_lightning.report import summarise, to_markdown, welch_p_value
+from set_lightning.sweep import expand, load_spec
+
+
+def _write_spec(folder: Path, spec: dict) -> Path:
+    (folder / "ablations").mkdir(parents=True, exist_ok=True)
+    path = folder / "ablations" / f"{spec.get('name', 'tiny')}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_shipped_ablation_files_are_valid():
+    files = sorted((REPO / "ablations").glob("*.yaml"))
+    assert files, "ablations/ ships no ablation file"
+    for f in files:
+        spec = load_spec(f)
+        runs = expand(spec, "runs/sweeps")
+        assert len(runs) == len(spec.seeds) * len(spec.variants) * max(1, _grid_size(spec))
+        assert len({r.run_dir for r in runs}) == len(runs)
+
+
+def _grid_size(spec) -> int:
+    n = 1
+    for values in spec.grid.values():
+        n *= len(values)
+    return n
+
+
+def test_expand_grid_variants_seeds(tmp_path):
+    path = _write_spec(tmp_path, {
+        "name": "g", "seeds": [0, 1, 2], "reference": "a",
+        "variants": {"a": {}, "b": {"model.lr": 0.01}},
+        "grid": {"data.n_particles": [5, 20]},
+        "overrides": {"trainer.max_epochs": 1},
+    })
+    runs = expand(load_spec(path), tmp_path / "out")
+    assert len(runs) == 12
+    b20 = [r for r in runs if r.variant == "b" and dict(r.grid_point)["data.n_particles"] == 20]
+    assert [r.seed for r in b20] == [0, 1, 2]
+    args = b20[0].cli_args
+    assert "--model.lr=0.01" in args and "--data.n_particles=20" in args and "--trainer.max_epochs=1" in args
+    assert b20[0].run_dir == tmp_path / "out" / "g" / "b__n_particles=20" / "seed_0"
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"variants": {"a": {}}, "reference": "zz"}, "reference"),
+        ({"bogus": 1}, "bogus"),
+        ({"base": ["conf/nope.yaml"]}, "nope.yaml"),
+        ({"grid": {"data.n_particles": []}}, "grid"),
+    ],
+)
+def test_bad_specs_name_the_field(tmp_path, spec, field):
+    path = _write_spec(tmp_path, {"name": "bad", **spec})
+    with pytest.raises(UserError, match=field):
+        load_spec(path)
+
+
+def test_welch_p_value_and_summary():
+    from scipy.stats import ttest_ind
+
+    a, b = [1.0, 1.2, 0.9], [2.0, 2.1, 2.4]
+    assert welch_p_value(a, b) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p_value([1.0], b) is None
+    rows = [
+        {"group": "full", "variant": "full", "seed": i, "test_pos_mse": v, "best_val_pos_mse": v, "model": "SET",
+         "n_params": 10, "train_time_s": 1.0}
+        for i, v in enumerate(a)
+    ] + [
+        {"group": "ablated", "variant": "ablated", "seed": i, "test_pos_mse": v, "best_val_pos_mse": v,
+         "model": "SET", "n_params": 10, "train_time_s": 1.0}
+        for i, v in enumerate(b)
+    ]
+    stats = {s.variant: s for s in summarise(rows, reference="full")}
+    assert stats["ablated"].test_mean == pytest.approx(sum(b) / 3)
+    assert stats["ablated"].ratio == pytest.approx(sum(b) / sum(a))
+    assert stats["ablated"].p_value == pytest.approx(welch_p_value(b, a))
+    assert stats["full"].p_value is None
+    md = to_markdown(list(stats.values()), reference="full")
+    assert "| ablated |" in md and "±" in md and "(reference)" in md
+
+
+def _sweep_cmd(spec: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "set_lightning", "sweep", str(spec), "--out", str(out)]
+
+
+def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
+    spec = _write_spec(tmp_path, {
+        "name": "tiny",
+        "seeds": [0, 1],
+        "reference": "full",
+        "overrides": {
+            "data.n_train": 48, "data.n_val": 16, "data.n_test": 16, "data.batch_size": 16,
+            "data.history": 2, "data.cache_dir": str(data_cache), "trainer.max_epochs": 2,
+            "trainer.accelerator": "cpu", "trainer.enable_model_summary": False,
+            "model.net.init_args.hidden": 8, "model.net.init_args.n_blocks": 1,
+            "model.net.init_args.n_spatial_layers": 1, "model.net.init_args.n_heads": 2,
+        },
+        "variants": {"full": {}, "no_temporal": {"model.net.init_args.temporal_attention": False}},
+    })
+    out = tmp_path / "runs"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+    # Start the sweep, kill it (and its worker) as soon as the first run has finished.
+    proc = subprocess.Popen(_sweep_cmd(spec, out), cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.rglob("result.json")) and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = list(out.rglob("result.json"))
+    assert len(finished) >= 1
+    assert len(finished) < 4, "the sweep finished before it could be killed"
+    before = {p: p.stat().st_mtime_ns for p in finished}
+
+    dry = subprocess.run(_sweep_cmd(spec, out) + ["--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert f"{len(finished)} finished, {4 - len(finished)} to run" in dry.stdout
+
+    res = subprocess.run(_sweep_cmd(spec, out), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in finished} == before  # finished runs were not redone
+    rows = [json.loads(l) for l in (out / "tiny" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("full", 0), ("full", 1), ("no_temporal", 0), ("no_temporal", 1)]
+    for r in rows:
+        assert 0 < r["test_pos_mse"] < 10 and r["n_params"] > 0 and r["train_time_s"] > 0
+    report = (out / "tiny" / "report.md").read_text()
+    assert "| full |" in report and "| no_temporal |" in report and "(reference)" in report
+    assert (out / "tiny" / "report.png").stat().st_size > 1000
+    # TensorBoard: one run directory per config/seed, with event files.
+    assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
