@@ -52,7 +52,10 @@ def _build_cli_class():
             )
 
         def before_fit(self) -> None:
-            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+            cfg = self.config_init[self.subcommand]
+            if cfg.get("ckpt_path") == "last":
+                cfg["ckpt_path"] = _resume_latest(self.trainer)
+            _check_ckpt_path(cfg.get("ckpt_path"))
 
         def before_validate(self) -> None:
             _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
@@ -64,6 +67,28 @@ def _build_cli_class():
             _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
 
     return SETLightningCLI
+
+
+def _resume_latest(trainer) -> str:
+    """``fit --ckpt_path last``: the newest ``last.ckpt`` of this logger name, logging into its folder.
+
+    Lightning's own ``"last"`` only looks in the new run's (empty) checkpoint folder; users mean
+    "continue my latest run", so resolve it to ``<save_dir>/<name>/version_<k>/checkpoints/last.ckpt``
+    and keep logging into ``version_<k>``.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = trainer.logger
+    if not isinstance(logger, TensorBoardLogger):
+        raise UserError("ckpt_path: 'last' needs the TensorBoard logger; pass a checkpoint file instead")
+    root = Path(logger.save_dir) / logger.name
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"ckpt_path: 'last' found no {root}/version_*/checkpoints/last.ckpt to resume from")
+    version = found[-1].parent.parent.name
+    logger._version = int(version.split("_")[-1]) if version.split("_")[-1].isdigit() else version
+    print(f"resuming from {found[-1]}")
+    return str(found[-1])
 
 
 def _check_ckpt_path(ckpt_path: Optional[str]) -> None:

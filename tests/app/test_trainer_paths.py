@@ -62,8 +62,15 @@ def test_resume_after_crash_finishes_with_same_epoch_count(tmp_path, data_cache)
     ckpts = list((crash_dir / "runs").rglob("last.ckpt"))
     assert ckpts and _final_state(ckpts[0])[1] < expected[1]  # it stopped early
 
-    resumed = run_cli(["fit", *args, f"--ckpt_path={ckpts[0]}"], cwd=crash_dir)
+    resumed = run_cli(["fit", *args, "--ckpt_path=last"], cwd=crash_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    newest = max((crash_dir / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
-    assert newest != ckpts[0]
-    assert _final_state(newest) == expected
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    # it continued the crashed run in its own folder, and ended where the uninterrupted run ended
+    assert list((crash_dir / "runs").rglob("last.ckpt")) == ckpts
+    assert _final_state(ckpts[0]) == expected
+
+
+def test_resume_last_without_a_previous_run_is_a_clear_error(tmp_path, data_cache):
+    res = run_cli(["fit", *tiny_args(data_cache), "--ckpt_path=last"], cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "found no" in res.stderr and "last.ckpt" in res.stderr
