@@ -70,11 +70,20 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "train_time_s": round(train_time, 2),
         "resumed": resume is not None,
         "best_ckpt": best,
+        "best_epoch": _epoch_of(best),
         "cli_args": list(cli_args),
     }
     if trainer.global_rank == 0:
         _write_json_atomic(run_dir / RESULT_FILE, result)
     return result
+
+
+def _epoch_of(ckpt: Optional[str]) -> Optional[int]:
+    """The epoch in a checkpoint name such as ``best-epoch=012.ckpt``."""
+    import re
+
+    match = re.search(r"epoch=(\d+)", Path(ckpt).name) if ckpt else None
+    return int(match.group(1)) if match else None
 
 
 def read_result(run_dir: str | Path) -> Optional[dict[str, Any]]:
