@@ -1,51 +1,13 @@
-"""Shared fixtures: a session-wide data cache and a tiny, fast training configuration."""
+"""Shared fixtures (helpers live in cli_helpers.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     """One simulated-data cache for the whole test session (tiny data sets are reused)."""
     return tmp_path_factory.mktemp("data_cache")
-
-
-def tiny_args(cache: Path, model: str = "SET") -> list[str]:
-    """CLI overrides for a run that takes seconds: 48/16/16 trajectories, 2 epochs, a small net."""
-    args = [
-        "--data.n_train=48",
-        "--data.n_val=16",
-        "--data.n_test=16",
-        "--data.batch_size=16",
-        "--data.history=3",
-        f"--data.cache_dir={cache}",
-        "--trainer.max_epochs=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_model_summary=false",
-        f"--model.net={model}",
-        "--model.net.hidden=8",
-    ]
-    if model == "SET":
-        args += ["--model.net.n_blocks=1", "--model.net.n_spatial_layers=1", "--model.net.n_heads=2"]
-    return args
-
-
-def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m set_lightning ARGS`` in ``cwd``; return the completed process (text output)."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "set_lightning", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from cli_helpers import REPO
 from set_lightning.errors import UserError
 from set_lightning.report import summarise, to_markdown, welch_p_value
 from set_lightning.sweep import expand, load_spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import run_cli, tiny_args
+from cli_helpers import run_cli, tiny_args
 
 
 def _assert_clean_error(res, *needles: str) -> None:

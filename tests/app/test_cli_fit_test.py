@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import run_cli, tiny_args
+from cli_helpers import run_cli, tiny_args
 
 
 def _ckpts(run_root: Path) -> list[Path]:

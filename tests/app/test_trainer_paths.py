@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, tiny_args
+from cli_helpers import run_cli, tiny_args
 
 HERE = Path(__file__).resolve().parent
 
