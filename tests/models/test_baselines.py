@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_inputs, tiny_models
+from model_helpers import random_inputs, tiny_models
 from set_lightning.models import EGNN, LSTM, MLP, Linear
 
 

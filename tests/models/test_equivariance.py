@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ALL_FLAG_COMBOS, TINY_SET, combo_id, random_inputs, random_orthogonal, tiny_models
+from model_helpers import ALL_FLAG_COMBOS, TINY_SET, combo_id, random_inputs, random_orthogonal, tiny_models
 from set_lightning.models import SET
 
 TOL = 1e-10
