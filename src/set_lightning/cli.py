@@ -51,6 +51,16 @@ def _build_cli_class():
                 **kwargs,
             )
 
+        def _instantiate_trainer(self, config: dict, callbacks: list):
+            # `--trainer.enable_progress_bar false` drops the default RichProgressBar instead of
+            # failing on the conflict (handy for logs of batch jobs and sweeps).
+            if config.get("enable_progress_bar") is False:
+                from lightning.pytorch.callbacks import ProgressBar
+
+                config = dict(config)
+                config["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, ProgressBar)]
+            return super()._instantiate_trainer(config, callbacks)
+
         def before_fit(self) -> None:
             cfg = self.config_init[self.subcommand]
             if cfg.get("ckpt_path") == "last":
