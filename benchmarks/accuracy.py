@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--accelerator", default="cpu", help="trainer.accelerator (default cpu)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default cores // parallel)")
     parser.add_argument("--output", default=str(REPO / "results" / "accuracy.md"))
     args = parser.parse_args()
 
@@ -99,7 +100,7 @@ def main() -> None:
     import os
 
     os.chdir(REPO)
-    rows = run_sweep(spec_path, out_root, parallel=args.parallel, report=False)
+    rows = run_sweep(spec_path, out_root, parallel=args.parallel, report=False, threads=args.threads)
 
     lines = [
         f"# Accuracy: charged N-body, N=5, frame 30 -> 40, {args.n_train} training trajectories, "

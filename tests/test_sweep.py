@@ -112,7 +112,7 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
         "overrides": {
             "data.n_train": 48, "data.n_val": 16, "data.n_test": 16, "data.batch_size": 16,
             "data.history": 2, "data.cache_dir": str(data_cache), "trainer.max_epochs": 2,
-            "trainer.accelerator": "cpu", "trainer.enable_model_summary": False,
+            "trainer.accelerator": "cpu", "trainer.enable_model_summary": False, "trainer.enable_progress_bar": False,
             "model.net.init_args.hidden": 8, "model.net.init_args.n_blocks": 1,
             "model.net.init_args.n_spatial_layers": 1, "model.net.init_args.n_heads": 2,
         },

@@ -244,6 +244,7 @@ def run_sweep(
     dry_run: bool = False,
     print_commands: bool = False,
     report: bool = True,
+    threads: Optional[int] = None,
 ) -> list[dict[str, Any]]:
     """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report."""
     from set_lightning.report import make_report
@@ -264,7 +265,10 @@ def run_sweep(
             state = "done" if run not in todo else "todo"
             print(f"  [{state}] {run.group} seed={run.seed}: {shlex.join(run.command())}")
         return []
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    if threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
     failures = []
     results_path = sweep_dir / "results.jsonl"
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -298,6 +302,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         action="store_true",
         help="print one shell command per unfinished run (to submit each as a cluster job); run nothing",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads per run (default: CPU cores // --parallel)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     args = parser.parse_args(argv)
     if args.report_only:
@@ -309,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise UserError(f"no finished runs of {spec.name} under {args.out}")
         make_report(rows, reference=spec.reference, out_dir=Path(args.out) / spec.name, title=spec.name)
         return
-    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands)
+    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads)
 
 
 if __name__ == "__main__":
