@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import PairLinear, VectorOut, off_diagonal, pairwise
+from .layers import EPS, PairLinear, VectorOut, gather_edges, gather_nodes, neighbour_index
 
 
 class EGCL(nn.Module):
@@ -22,8 +22,14 @@ class EGCL(nn.Module):
     it, messages are summed and coordinate updates averaged over neighbours (exactly EGNN's choice).
     ``equivariant=False`` feeds the coordinate differences to ``phi_e`` and predicts ``phi_x`` and
     ``phi_v`` as raw 3-vectors (``MLP([m_ij, x_i - x_j])``, ``MLP([h_i, v_i])``): no longer rotation
-    equivariant, still translation invariant. Edges are dense: ``(G, N, N, .)`` tensors, diagonal masked.
-    As in EGNN, the last layer of ``phi_x`` has no bias and is xavier-initialised with gain 0.001.
+    equivariant, still translation invariant. As in EGNN, the last layer of ``phi_x`` has no bias and is
+    xavier-initialised with gain 0.001.
+
+    Implementation (same function, fewer passes over the edge tensors, which dominate the cost): edges
+    are dense ``(G, N, N - 1, .)`` tensors holding only the real edges ``(i, (i + k + 1) % N)`` (no
+    masked diagonal, 20 % less work at ``N = 5``); ``phi_e``'s first layer is computed per node and
+    broadcast (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, the few edge attributes added by fused
+    multiply-adds); ``phi_x``'s scalar last layer is a matrix-vector product.
 
     Args:
         hidden: width ``H`` of node features and messages.
@@ -41,8 +47,8 @@ class EGCL(nn.Module):
             stream stays un-normalised. Keeps deep stacks bounded (not in the EGNN reference).
 
     Shapes:
-        h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)``, edge_attr: ``(G, N, N, edge_dim)``
-        -> h ``(G, N, H)``, x ``(G, N, 3)``.
+        h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)``, edge_attr: ``(G, N, N, edge_dim)`` (the
+        diagonal is ignored) -> h ``(G, N, H)``, x ``(G, N, 3)``.
     """
 
     def __init__(
@@ -69,19 +75,33 @@ class EGCL(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[-2]
         hn = h if self.norm is None else self.norm(h)
-        diff, radial = pairwise(x, self.norm_diff)
-        e = [radial, edge_attr] + ([] if self.equivariant else [diff])
-        m = self.edge_out(self.edge_in(hn, hn, torch.cat([t.to(radial.dtype) for t in e], dim=-1)))
-        mask = off_diagonal(n, x.device).unsqueeze(-1)  # (N, N, 1)
-        if self.att is not None:
-            a = self.att(m).masked_fill(~mask, float("-inf")).softmax(dim=-2)  # (G, N, N, heads)
-            g, _, _, d = m.shape
-            agg = (a.unsqueeze(-1) * m.view(g, n, n, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
-            w = a.mean(-1, keepdim=True)
+        nb = neighbour_index(n, x.device)  # (N, N-1): the edges (i, nb[i, k])
+        diff = x.unsqueeze(-2) - gather_nodes(x, nb)  # (G, N, N-1, 3): x_i - x_j
+        radial = diff.square().sum(-1, keepdim=True)
+        if self.norm_diff:
+            diff = diff / (torch.sqrt(radial + EPS) + 1.0)
+        e = [radial, gather_edges(edge_attr, nb)] + ([] if self.equivariant else [diff])
+        m = self.edge_out(self.edge_in(hn, hn, torch.cat([t.to(radial.dtype) for t in e], dim=-1), nb))
+        d = m.shape[-1]
+        logits = self.att(m) if self.att is not None else None  # (G, N, N-1, heads)
+        if self.equivariant:
+            # phi_x(m) = bound(w . SiLU(Linear(m))): the last layer as a matrix-vector product (a (R, 1)
+            # GEMM and its rank-1 backward are several times slower on CPU)
+            last = self.phi_x.net[-1]  # Linear(H, 1), no bias in EGNN's phi_x
+            hx = self.phi_x.features(m)
+            raw = hx @ last.weight[0].to(hx.dtype)  # (G, N, N-1)
+            gx = self.phi_x.bound(raw if last.bias is None else raw + last.bias[0].to(raw.dtype))
+            trans = gx.unsqueeze(-1) * diff
         else:
-            agg = (m * mask).sum(-2)
-            w = mask.to(m.dtype) / max(n - 1, 1)
-        x = x + self.coords_weight * (w * self.phi_x(m, diff.unsqueeze(-2))).sum(-2)
+            trans = self.phi_x(m, diff.unsqueeze(-2))
+        if logits is not None:
+            a = logits.softmax(dim=-2)  # (G, N, N-1, heads): softmax over the neighbours
+            g, _, k, _ = m.shape
+            agg = (a.unsqueeze(-1) * m.view(g, n, k, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
+            x = x + self.coords_weight * (a.mean(-1, keepdim=True) * trans).sum(-2)
+        else:
+            agg = m.sum(-2)
+            x = x + (self.coords_weight / max(n - 1, 1)) * trans.sum(-2)
         if self.phi_v is not None:
             x = x + self.phi_v(hn, v.unsqueeze(-2))
         out = self.node_mlp(torch.cat([hn, agg.to(hn.dtype)], dim=-1))

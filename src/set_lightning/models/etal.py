@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import EPS, PairLinear, VectorOut, sinusoidal_encoding
+from .layers import EPS, PairLinear, VectorOut, add_outer_, gate_heads, sinusoidal_encoding
 
 
 class ETAL(nn.Module):
@@ -27,6 +27,11 @@ class ETAL(nn.Module):
     log(1 + |r_ts|^2), same_node])``. Scores, gates and ``h`` only see invariants, so ``x~`` is
     E(n)-equivariant and ``u~`` O(n)-equivariant. ``equivariant=False`` predicts the ``x`` and ``u``
     updates as raw 3-vectors ``MLP([p_ts, r_ts])``, ``MLP([p_ts, u_s])``.
+
+    Implementation: the pair tensor ``p`` ``(B', T, S, H)`` dominates the cost. Its pre-activation is
+    built from per-token terms broadcast to the pairs plus one fused multiply-add for the distance term
+    (``same_node`` is constant without ``adjacency`` and folds into the bias); in the equivariant case
+    ``phi_x`` and ``phi_u`` read ``p`` in one matmul, and the velocity update is a batched matmul.
 
     Args:
         hidden: feature width ``H``.
@@ -86,22 +91,49 @@ class ETAL(nn.Module):
         hn = self.norm(ht)
         hq = hn + sinusoidal_encoding(ell - 1 - t_idx, d).to(hn.dtype)
         rel = xt.unsqueeze(-3) - xt.unsqueeze(-2)  # (B', T, S, 3): x_s - x_t
-        r2 = (rel**2).sum(-1, keepdim=True)
-        same = (n_idx[:, None] == n_idx[None, :]).to(r2.dtype).unsqueeze(-1).expand_as(r2)
-        geo = torch.cat([torch.log1p(r2), same], dim=-1)  # (B', T, S, 2) invariants
+        r2 = rel.square().sum(-1, keepdim=True)
+        lr2 = torch.log1p(r2)  # (B', T, S, 1); the other invariant is same = [node(t) == node(s)]
+        same = (n_idx[:, None] == n_idx[None, :]).to(r2.dtype) if self.adjacency else None  # (T, S)
 
-        q, k = self.qk(hq).view(bt, t, 2, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        val = self.val(hn).view(bt, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
-        a = (scores + self.geo(geo.to(scores.dtype)).permute(0, 3, 1, 2)).softmax(-1)  # (B', heads, T, S)
+        nh, dh = self.n_heads, d // self.n_heads
+        q, k = self.qk(hq).view(bt, t, 2, nh, dh).permute(2, 0, 3, 1, 4)
+        val = self.val(hn).view(bt, t, nh, dh).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
+        wg = self.geo.weight.to(scores.dtype)  # (heads, 2): Linear([log1p(r2), same]) without bias
+        bias = lr2.squeeze(-1).unsqueeze(1).to(scores.dtype) * wg[:, 0, None, None]  # (B', heads, T, S)
+        bias = bias + (same * wg[:, 1, None, None] if same is not None else wg[:, 1, None, None])
+        a = (scores + bias).softmax(-1)  # (B', heads, T, S)
         o = (a.to(val.dtype) @ val).transpose(1, 2).reshape(bt, t, d)
         ht = ht + self.drop(self.out(o))
 
-        abar = a.mean(1).unsqueeze(-1)  # (B', T, S, 1)
-        p = nn.functional.silu(self.pair(hq, hq, geo.to(hq.dtype)))  # (B', T, S, H)
+        abar = a.mean(1)  # (B', T, S)
+        p = nn.functional.silu(self._pair_pre(hq, lr2, same))  # (B', T, S, H)
         if self.norm_diff:
             rel = rel / (torch.sqrt(r2 + EPS) + 1.0)
-        xt = xt + (abar * self.phi_x(p, rel.unsqueeze(-2))).sum(-2)
-        us = ut.unsqueeze(-3).expand(bt, t, t, 3).unsqueeze(-2)  # u_s for every (t, s)
-        ut = ut + (abar * self.phi_u(p, us)).sum(-2)
+        if self.phi_x.equivariant:
+            gx, gu = gate_heads(p, [self.phi_x, self.phi_u]).unbind(-1)  # (B', T, S) each
+            wx = abar * self.phi_x.bound(gx)
+            wu = abar * self.phi_u.bound(gu)
+            xt = xt + (wx.unsqueeze(-1) * rel).sum(-2)
+            ut = ut + wu.to(ut.dtype) @ ut  # sum_s abar phi_u u_s
+        else:
+            abar = abar.unsqueeze(-1)
+            xt = xt + (abar * self.phi_x(p, rel.unsqueeze(-2))).sum(-2)
+            us = ut.unsqueeze(-3).expand(bt, t, t, 3).unsqueeze(-2)  # u_s for every (t, s)
+            ut = ut + (abar * self.phi_u(p, us)).sum(-2)
         return unfold(ht), unfold(xt), unfold(ut)
+
+    def _pair_pre(self, hq: torch.Tensor, lr2: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
+        """``self.pair(hq, hq, [lr2, same])`` in two passes over the pair tensor.
+
+        Shapes: hq ``(B', T, H)``, lr2 ``(B', T, T, 1)``, same ``(T, T)`` or None (all ones) -> ``(B', T, T, H)``.
+        """
+        we = self.pair.lin_e.weight  # (H, 2)
+        a = self.pair.lin_a(hq)
+        if same is None:
+            a = a + we[:, 1].to(a.dtype)  # same == 1 for every pair: a constant, folded into the node term
+            cols, w = [lr2], we[:, :1]
+        else:
+            cols, w = [lr2, same.unsqueeze(-1).to(lr2.dtype)], we
+        z = a.unsqueeze(-2) + self.pair.lin_b(hq).unsqueeze(-3)
+        return add_outer_(z, w, cols)

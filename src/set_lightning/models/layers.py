@@ -61,18 +61,53 @@ class VectorOut(nn.Module):
 
     def forward(self, f: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
         if self.equivariant:
-            g = self.net(f)
-            if self.tanh:
-                g = self.scale * torch.tanh(g)
-            return (g.unsqueeze(-1) * vecs).sum(-2)
+            return (self.bound(self.net(f)).unsqueeze(-1) * vecs).sum(-2)
         out = self.net(torch.cat([f, vecs.flatten(-2).to(f.dtype)], dim=-1))
-        return self.scale * torch.tanh(out) if self.tanh else out
+        return self.bound(out)
+
+    def bound(self, g: torch.Tensor) -> torch.Tensor:
+        """``scale * tanh(g)`` with ``tanh``, else ``g`` (applied to the raw MLP output)."""
+        return self.scale * torch.tanh(g) if self.tanh else g
+
+    def features(self, f: torch.Tensor) -> torch.Tensor:
+        """The MLP up to (not including) its last linear layer."""
+        for layer in list(self.net)[:-1]:
+            f = layer(f)
+        return f
+
+    def last_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``(k, d)`` and bias ``(k,)`` (or None) of the last linear layer of the MLP."""
+        lin = self.net[-1]
+        return lin.weight, lin.bias
+
+
+def gate_heads(f: torch.Tensor, heads: list[VectorOut]) -> torch.Tensor:
+    """Raw gates of several single-output equivariant heads whose last layer reads ``f``, in one matmul.
+
+    Equal to ``torch.cat([head.net[-1](f) for head in heads], -1)`` (one output per head): the last
+    layers' weights are stacked so that ``f`` (typically a large per-pair tensor) is read once and its
+    gradient is one matmul instead of a sum of rank-1 products.
+
+    Shapes:
+        f: ``(*, d)`` -> ``(*, len(heads))``.
+    """
+    ws, bs = zip(*(head.last_layer() for head in heads))
+    if all(b is None for b in bs):
+        bias = None
+    else:
+        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(ws, bs)])
+    return nn.functional.linear(f, torch.cat(ws), bias)
 
 
 class PairLinear(nn.Module):
     """``Linear([a_i, b_j, e_ij])`` for all pairs without materialising the concatenation.
 
-    Equal (same parameter count) to ``nn.Linear(d_a + d_b + d_e, d_out)`` applied to the concatenation.
+    Equal (same parameter count) to ``nn.Linear(d_a + d_b + d_e, d_out)`` applied to the concatenation:
+    the node terms are computed once per node and broadcast to the pairs, and the few edge features are
+    added in place by fused multiply-adds (:func:`add_outer_`).
+
+    With ``index`` ``(T, K)`` the pairs are ``(i, index[i, k])`` instead of all ``(i, j)`` (e.g. only
+    the ``N - 1`` neighbours of each node, see :func:`neighbour_index`); ``e`` is then ``(*, T, K, d_e)``.
 
     Shapes:
         a: ``(*, T, d_a)``, b: ``(*, S, d_b)``, e: ``(*, T, S, d_e)`` -> ``(*, T, S, d_out)``.
@@ -84,11 +119,86 @@ class PairLinear(nn.Module):
         self.lin_b = nn.Linear(d_b, d_out, bias=False)
         self.lin_e = nn.Linear(d_e, d_out, bias=False) if d_e > 0 else None
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.lin_a(a).unsqueeze(-2) + self.lin_b(b).unsqueeze(-3)
-        if self.lin_e is not None:
-            out = out + self.lin_e(e)
-        return out
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None = None, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if index is None:
+            out = self.lin_a(a).unsqueeze(-2) + self.lin_b(b).unsqueeze(-3)
+        else:
+            out = self.lin_a(a).unsqueeze(-2) + gather_nodes(self.lin_b(b), index)
+        if self.lin_e is None:
+            return out
+        return add_outer_(out, self.lin_e.weight, list(e.split(1, dim=-1)))
+
+
+class _AddOuter(torch.autograd.Function):
+    """``base += sum_c cols[c] * weight[:, c]`` in place; see :func:`add_outer_`."""
+
+    @staticmethod
+    def forward(ctx, base, weight, *cols):  # type: ignore[override]
+        ctx.mark_dirty(base)
+        ctx.save_for_backward(weight, *cols)
+        for c, col in enumerate(cols):
+            base.addcmul_(col, weight[:, c])
+        return base
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, *cols = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        grads: list[torch.Tensor | None] = [grad, None]
+        for c, col in enumerate(cols):
+            grads.append((g2 @ weight[:, c]).view(col.shape) if ctx.needs_input_grad[2 + c] else None)
+        if ctx.needs_input_grad[1]:
+            stacked = torch.cat([col.expand(grad.shape[:-1] + (1,)).reshape(-1, 1) for col in cols], dim=-1)
+            grads[1] = (stacked.t() @ g2).t()  # (k, R) @ (R, d): a fast GEMM shape on CPU
+        return tuple(grads)
+
+
+def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor]) -> torch.Tensor:
+    """``base + cat(cols, -1) @ weight.T``, written into ``base`` (which must be a fresh, unshared tensor).
+
+    The same function as ``base + nn.functional.linear(cat(cols), weight)``, computed for a few (``k``)
+    input columns as ``k`` fused multiply-adds, with a backward of matrix-vector products: on CPU a GEMM
+    with inner size ``k <= 3`` and a broadcast ``addcmul`` backward both cost several passes over ``base``.
+
+    Shapes:
+        base: ``(*, d)``, weight: ``(d, k)``, cols: ``k`` tensors broadcastable to ``(*, 1)`` -> ``(*, d)``.
+    """
+    same_dtype = all(t.dtype == base.dtype for t in [weight, *cols])
+    if not same_dtype or base.numel() == 0:  # autocast or empty: plain ops
+        return base + nn.functional.linear(torch.cat([c.expand(base.shape[:-1] + (1,)) for c in cols], -1)
+                                           .to(base.dtype), weight.to(base.dtype))
+    return _AddOuter.apply(base, weight, *cols)
+
+
+def neighbour_index(n: int, device: torch.device | None = None) -> torch.Tensor:
+    """``(n, n - 1)`` long tensor ``index[i, k] = (i + k + 1) % n``: the other nodes of a complete graph.
+
+    Used to compute edge tensors on the ``n (n - 1)`` real edges only (no masked diagonal).
+    """
+    i = torch.arange(n, device=device)
+    return (i.unsqueeze(-1) + torch.arange(1, n, device=device)) % n
+
+
+def gather_nodes(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, k, :] = z[..., index[i, k], :]`` (one ``index_select``; its backward is an ``index_add``).
+
+    Shapes:
+        z: ``(*, N, D)``, index: ``(T, K)`` -> ``(*, T, K, D)``.
+    """
+    out = z.index_select(-2, index.flatten())
+    return out.view(*z.shape[:-2], *index.shape, z.shape[-1])
+
+
+def gather_edges(e: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[..., i, k, :] = e[..., i, index[i, k], :]``: pick the edges ``(i, index[i, k])`` of a dense tensor.
+
+    Shapes:
+        e: ``(*, N, N, D)``, index: ``(N, K)`` -> ``(*, N, K, D)``.
+    """
+    rows = torch.arange(index.shape[0], device=index.device).unsqueeze(-1)
+    return e[..., rows, index, :]
 
 
 def sinusoidal_encoding(pos: torch.Tensor, dim: int) -> torch.Tensor:
