@@ -80,7 +80,8 @@ class SETLightningModule(pl.LightningModule):
 
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x_pred, v_pred = self(batch)
-        x_pred, v_pred = x_pred.float(), v_pred.float()
+        # contiguous: models may return views (e.g. Linear's v_pred = v[:, -1]); metrics flatten them
+        x_pred, v_pred = x_pred.float().contiguous(), v_pred.float().contiguous()
         pos = nn.functional.mse_loss(x_pred, batch["x_target"])
         vel = nn.functional.mse_loss(v_pred, batch["v_target"])
         return pos, vel, x_pred, v_pred
