@@ -104,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(0 if argv else 2)
     from set_lightning.errors import run_with_clean_errors
 
+    sys.argv = sys.argv[:1]  # the CLI gets its arguments explicitly (LightningCLI warns about both)
     sys.exit(run_with_clean_errors(lambda: run_one(argv[0], argv[1:])))
 
 

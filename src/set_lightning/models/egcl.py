@@ -8,6 +8,9 @@ from torch import nn
 from .layers import EPS, PairLinear, VectorOut, gather_edges, gather_nodes, neighbour_index
 
 
+TRANS_CLAMP = 100.0
+
+
 class EGCL(nn.Module):
     r"""One E(n)-equivariant graph convolutional layer with optional multi-head edge attention.
 
@@ -94,6 +97,9 @@ class EGCL(nn.Module):
             trans = gx.unsqueeze(-1) * diff
         else:
             trans = self.phi_x(m, diff.unsqueeze(-2))
+        # EGNN's reference clamps every coordinate message to +-100 ("never activated but just in
+        # case it explodes"); it keeps a diverging early step from producing inf
+        trans = trans.clamp(-TRANS_CLAMP, TRANS_CLAMP)
         if logits is not None:
             a = logits.softmax(dim=-2)  # (G, N, N-1, heads): softmax over the neighbours
             g, _, k, _ = m.shape
