@@ -150,3 +150,24 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     assert (out / "tiny" / "report.png").stat().st_size > 1000
     # TensorBoard: one run directory per config/seed, with event files.
     assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
+
+
+def test_finished_run_from_other_arguments_or_config_is_never_reused(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    cfg = tmp_path / "conf" / "m.yaml"
+    cfg.write_text("model:\n  lr: 0.001\n")
+    path = _write_spec(tmp_path, {"name": "s", "seeds": [0], "variants": {"a": {"config": "conf/m.yaml"}}})
+    (run,) = expand(load_spec(path), tmp_path / "out")
+    run.run_dir.mkdir(parents=True)
+    from set_lightning.run_one import config_digests
+
+    monkeypatch.chdir(tmp_path)
+    result = {"cli_args": list(run.cli_args), "config_sha256": config_digests(run.cli_args), "test_pos_mse": 0.1}
+    (run.run_dir / "result.json").write_text(json.dumps(result))
+    assert run.finished()["test_pos_mse"] == 0.1
+    cfg.write_text("model:\n  lr: 0.01\n")  # the config file changed since the run
+    with pytest.raises(UserError, match="earlier version of its config"):
+        run.finished()
+    (run.run_dir / "result.json").write_text(json.dumps(dict(result, cli_args=["--model.lr=1"])))
+    with pytest.raises(UserError, match="other arguments"):
+        run.finished()

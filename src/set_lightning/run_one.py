@@ -27,6 +27,19 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def config_digests(cli_args: Sequence[str]) -> dict[str, str]:
+    """SHA-256 of every ``--config`` file named in ``cli_args`` (a changed file = a different run)."""
+    import hashlib
+
+    digests = {}
+    for i, arg in enumerate(cli_args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            cli_args[i + 1] if arg in ("--config", "-c") and i + 1 < len(cli_args) else None)
+        if path and Path(path).is_file():
+            digests[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return digests
+
+
 def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
     """Fit then test one configuration under ``run_dir``; return (and write) its result row."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -35,6 +48,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    digests = config_digests(cli_args)
     args = [
         *cli_args,
         f"--trainer.default_root_dir={run_dir}",
@@ -72,6 +86,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "best_ckpt": best,
         "best_epoch": _epoch_of(best),
         "cli_args": list(cli_args),
+        "config_sha256": digests,
     }
     if trainer.global_rank == 0:
         _write_json_atomic(run_dir / RESULT_FILE, result)

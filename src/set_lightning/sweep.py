@@ -24,6 +24,7 @@ report (``report.md``, ``report.png``; see :mod:`set_lightning.report`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -33,12 +34,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
 from set_lightning.errors import UserError
-from set_lightning.run_one import read_result
+from set_lightning.run_one import config_digests, read_result
 
 SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid"}
 
@@ -72,10 +73,19 @@ class Run:
                 changed): it is never silently reused.
         """
         result = read_result(self.run_dir)
-        if result is not None and list(result.get("cli_args", [])) != list(self.cli_args):
+        if result is None:
+            return None
+        if list(result.get("cli_args", [])) != list(self.cli_args):
             raise UserError(
                 f"{self.run_dir} holds a finished run made with other arguments than the ablation file "
                 "now gives; pass another --out or delete that folder"
+            )
+        with _working_dir(self.root):
+            digests = config_digests(self.cli_args)
+        if result.get("config_sha256", digests) != digests:
+            raise UserError(
+                f"{self.run_dir} holds a finished run made with an earlier version of its config file(s) "
+                f"{sorted(digests)}; pass another --out or delete that folder"
             )
         return result
 
@@ -93,6 +103,16 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def _fail(path: Path, msg: str) -> UserError:
