@@ -74,7 +74,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
     tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or "last", verbose=False)
     net = cli.model.net
     result = {
-        "run_dir": str(run_dir),
+        "run_dir": _relative(run_dir),
         "model": type(net).__name__,
         "n_params": int(sum(p.numel() for p in net.parameters())),
         "best_val_pos_mse": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
@@ -83,7 +83,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "epochs": int(trainer.current_epoch),
         "train_time_s": round(train_time, 2),
         "resumed": resume is not None,
-        "best_ckpt": best,
+        "best_ckpt": _relative(best) if best else None,
         "best_epoch": _epoch_of(best),
         "cli_args": list(cli_args),
         "config_sha256": digests,
@@ -91,6 +91,15 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
     if trainer.global_rank == 0:
         _write_json_atomic(run_dir / RESULT_FILE, result)
     return result
+
+
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the working directory when inside it (results name no machine paths)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _epoch_of(ckpt: Optional[str]) -> Optional[int]:
