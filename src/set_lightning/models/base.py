@@ -45,3 +45,9 @@ class NBodyModel(nn.Module):
         b, _, n, _ = x.shape
         if charges.shape != (b, n, 1):
             raise ValueError(f"charges must have shape (B, N, 1) = {(b, n, 1)}, got {tuple(charges.shape)}")
+
+    @staticmethod
+    def charges_per_frame(x: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
+        """``charges (B, N, 1)`` repeated over the frames of ``x (B, L, N, 3)``: ``(B, L, N, 1)``, x's dtype."""
+        b, ell, n, _ = x.shape
+        return charges.to(x.dtype).unsqueeze(1).expand(b, ell, n, 1)

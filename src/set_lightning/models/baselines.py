@@ -101,7 +101,7 @@ class LSTM(NBodyModel):
         """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
-        q = charges.to(x.dtype).unsqueeze(1).expand(b, ell, n, 1)
+        q = self.charges_per_frame(x, charges)
         seq = torch.cat([x, v, q], dim=-1).transpose(1, 2).reshape(b * n, ell, 7)
         if seq.device.type == "cpu" and _cpu_autocast():
             # oneDNN has no bf16 LSTM primitive on many CPUs: run the LSTM itself in full precision

@@ -129,7 +129,7 @@ class SET(NBodyModel):
         """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``."""
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
-        q = charges.to(x.dtype).unsqueeze(1).expand(b, ell, n, 1)
+        q = self.charges_per_frame(x, charges)
         feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), q]
         if not self.equivariant:
             feats += [x - x.mean(dim=2, keepdim=True), v]
