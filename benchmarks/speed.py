@@ -154,7 +154,7 @@ def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: 
     trainers = []
     for case in cases:
         tr = Trainer(case, device)
-        case.result["params"] = sum(p.numel() for p in tr.model.parameters())
+        case.result["params"] = tr.model.n_params
         t0 = time.perf_counter()
         case.result["act_mib"] = activation_mib(tr)  # also the first warm-up step
         first = time.perf_counter() - t0

@@ -32,15 +32,11 @@ def _build_cli_class():
 
         def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, **kwargs) -> None:
             # exit_on_error=False: parse errors are raised and shown as one line by main()
-            parser_kwargs: dict = {"parser_mode": "omegaconf", "exit_on_error": False}
-            if not run:  # no subcommand: the main parser takes the config
-                parser_kwargs["default_config_files"] = [str(DEFAULTS)]
-            for sub in LIGHTNING_SUBCOMMANDS:
-                parser_kwargs[sub] = {
-                    "default_config_files": [str(DEFAULTS)],
-                    "parser_mode": "omegaconf",
-                    "exit_on_error": False,
-                }
+            common = {"parser_mode": "omegaconf", "exit_on_error": False}
+            with_defaults = {**common, "default_config_files": [str(DEFAULTS)]}
+            # without a subcommand (run=False) the main parser takes the config
+            parser_kwargs: dict = dict(common if run else with_defaults)
+            parser_kwargs.update({sub: dict(with_defaults) for sub in LIGHTNING_SUBCOMMANDS})
             kwargs.setdefault("save_config_kwargs", {"overwrite": True})
             super().__init__(
                 SETLightningModule,
@@ -67,14 +63,10 @@ def _build_cli_class():
                 cfg["ckpt_path"] = _resume_latest(self.trainer)
             _check_ckpt_path(cfg.get("ckpt_path"))
 
-        def before_validate(self) -> None:
+        def _check_subcommand_ckpt(self) -> None:
             _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
 
-        def before_test(self) -> None:
-            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
-
-        def before_predict(self) -> None:
-            _check_ckpt_path(self.config_init[self.subcommand].get("ckpt_path"))
+        before_validate = before_test = before_predict = _check_subcommand_ckpt
 
     return SETLightningCLI
 

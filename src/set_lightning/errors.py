@@ -19,14 +19,14 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, ValueError, FileNotFoundError, NonFiniteLossError, ArgumentError)
 
 
-MODEL_NAMES_HINT = "allowed models: SET, EGNN, MLP, Linear, LSTM (or a full class path)"
-
-
 def _one_line(err: BaseException) -> str:
     """The message of ``err`` folded onto one line, with a hint where the error is a config key."""
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
     if "model.net" in text and ("import path" in text or "class_path" in text):
-        text += f" ({MODEL_NAMES_HINT})"
+        from set_lightning.models import MODELS
+
+        names = ", ".join(cls.__name__ for cls in MODELS.values())
+        text += f" (allowed models: {names}, or a full class path)"
     if "unrecognized arguments" in text or "No action for key" in text:
         text += " (see --help for the options, --print_config for the full configuration)"
     return text

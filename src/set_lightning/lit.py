@@ -140,7 +140,7 @@ class SETLightningModule(pl.LightningModule):
         """Flat, TensorBoard-friendly hyper-parameters, including the model's class and size."""
         flat: dict[str, Any] = {
             "model": type(self.net).__name__,
-            "n_params": sum(p.numel() for p in self.net.parameters()),
+            "n_params": self.net.n_params,
         }
         for k, v in self.hparams.items():
             if isinstance(v, (int, float, str, bool)):

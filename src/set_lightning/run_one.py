@@ -21,22 +21,26 @@ from typing import Any, Optional, Sequence
 RESULT_FILE = "result.json"
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half-written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def config_digests(cli_args: Sequence[str]) -> dict[str, str]:
-    """SHA-256 of every ``--config`` file named in ``cli_args`` (a changed file = a different run)."""
+def config_digests(cli_args: Sequence[str], root: str | Path = ".") -> dict[str, str]:
+    """SHA-256 of every ``--config`` file named in ``cli_args`` (a changed file = a different run).
+
+    Relative config paths are read from ``root`` (the folder the run executes in); keys stay as given.
+    """
     import hashlib
 
     digests = {}
     for i, arg in enumerate(cli_args):
         path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
             cli_args[i + 1] if arg in ("--config", "-c") and i + 1 < len(cli_args) else None)
-        if path and Path(path).is_file():
-            digests[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if path and (Path(root) / path).is_file():
+            digests[path] = hashlib.sha256((Path(root) / path).read_bytes()).hexdigest()
     return digests
 
 
@@ -76,7 +80,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
     result = {
         "run_dir": _relative(run_dir),
         "model": type(net).__name__,
-        "n_params": int(sum(p.numel() for p in net.parameters())),
+        "n_params": net.n_params,
         "best_val_pos_mse": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
         "test_pos_mse": float(tested[0]["test/pos_mse"]),
         "test_vel_mse": float(tested[0]["test/vel_mse"]),
@@ -89,7 +93,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "config_sha256": digests,
     }
     if trainer.global_rank == 0:
-        _write_json_atomic(run_dir / RESULT_FILE, result)
+        write_text_atomic(run_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True))
     return result
 
 

@@ -24,7 +24,6 @@ report (``report.md``, ``report.png``; see :mod:`set_lightning.report`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -34,12 +33,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import yaml
 
 from set_lightning.errors import UserError
-from set_lightning.run_one import config_digests, read_result
+from set_lightning.run_one import config_digests, read_result, write_text_atomic
 
 SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid"}
 
@@ -80,8 +79,7 @@ class Run:
                 f"{self.run_dir} holds a finished run made with other arguments than the ablation file "
                 "now gives; pass another --out or delete that folder"
             )
-        with _working_dir(self.root):
-            digests = config_digests(self.cli_args)
+        digests = config_digests(self.cli_args, self.root)
         if result.get("config_sha256", digests) != digests:
             raise UserError(
                 f"{self.run_dir} holds a finished run made with an earlier version of its config file(s) "
@@ -103,16 +101,6 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
-
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def _fail(path: Path, msg: str) -> UserError:
@@ -224,7 +212,7 @@ def expand(spec: SweepSpec, out_dir: str | Path) -> list[Run]:
     return runs
 
 
-def _execute(run: Run, threads: int, log_errors: bool = True) -> tuple[Run, Optional[dict[str, Any]], str]:
+def _execute(run: Run, threads: int) -> tuple[Run, Optional[dict[str, Any]], str]:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(run.run_dir / "stdout.log", "a") as log:
@@ -252,9 +240,7 @@ def collect_results(runs: Sequence[Run]) -> list[dict[str, Any]]:
 def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Rewrite the JSON-lines results file atomically (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def run_sweep(

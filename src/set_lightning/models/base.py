@@ -35,6 +35,11 @@ class NBodyModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (independent of ``N`` and ``L``)."""
+        return sum(p.numel() for p in self.parameters())
+
     @staticmethod
     def check_inputs(x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor) -> None:
         """Raise a ValueError naming the argument whose shape is wrong."""
