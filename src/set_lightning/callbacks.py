@@ -1,13 +1,108 @@
-"""Callbacks used by the CLI: writing predicted trajectories and plotting them."""
+"""Callbacks used by the CLI: a compute budget for training, and writing predicted trajectories."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+CLOCKS = ("process", "wall")
+
+
+class TimeBudget(Callback):
+    """Train for a fixed amount of compute, and record the validation curve against it.
+
+    The clock runs only while training (it pauses for validation and sanity checks), and training
+    stops after the first optimiser step past ``budget_s``. ``clock="process"`` counts the CPU time
+    of this process (with one torch thread, the wall-clock time on an idle core: a fair clock on a
+    machine whose cores are shared with other work); ``clock="wall"`` counts wall-clock time (the
+    clock to use on GPUs or with several threads). A module with ``scheduler: cosine`` decays its
+    learning rate to 0 at the budget (``progress`` is the fraction spent).
+
+    With ``curve_file``, each validation appends one JSON line ``{"epoch", "step", "train_s",
+    "wall_s", "val_pos_mse", ...}`` (every logged ``val/*`` value, ``train_s`` on the budget's clock).
+
+    Args:
+        budget_s: training budget in seconds on ``clock`` (> 0).
+        clock: ``process`` (CPU seconds of this process) or ``wall``.
+        curve_file: JSON-lines file for the validation curve (``None``: keep it in ``self.curve``).
+    """
+
+    def __init__(self, budget_s: float, clock: Literal["process", "wall"] = "process",
+                 curve_file: Optional[str] = None) -> None:
+        super().__init__()
+        if not budget_s > 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        self.budget_s, self.clock, self.curve_file = float(budget_s), clock, curve_file
+        self.elapsed = 0.0  # seconds spent training, on `clock`
+        self.curve: list[dict[str, Any]] = []
+        self._since: Optional[float] = None
+        self._wall0: Optional[float] = None
+
+    def _now(self) -> float:
+        return time.process_time() if self.clock == "process" else time.perf_counter()
+
+    def _start(self) -> None:
+        if self._since is None:
+            self._since = self._now()
+
+    def _pause(self) -> None:
+        if self._since is not None:
+            self.elapsed += self._now() - self._since
+            self._since = None
+
+    @property
+    def spent(self) -> float:
+        """Training seconds spent so far (including the running stretch)."""
+        return self.elapsed + (self._now() - self._since if self._since is not None else 0.0)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the budget spent, in ``[0, 1]``."""
+        return min(1.0, self.spent / self.budget_s)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._wall0 is None:
+            self._wall0 = time.perf_counter()
+        self._start()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.spent >= self.budget_s:
+            trainer.should_stop = True
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.global_rank == 0:
+            row = {"epoch": trainer.current_epoch, "step": trainer.global_step, "train_s": round(self.elapsed, 3),
+                   "wall_s": round(time.perf_counter() - (self._wall0 or time.perf_counter()), 3)}
+            row.update({k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items()
+                        if k.startswith("val/")})
+            self.curve.append(row)
+            if self.curve_file:
+                with open(self.curve_file, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pause()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.spent, "curve": self.curve}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed = float(state_dict.get("elapsed", 0.0))
+        self.curve = list(state_dict.get("curve", []))
 
 
 class PredictionWriter(BasePredictionWriter):

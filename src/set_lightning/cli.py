@@ -101,9 +101,13 @@ def _check_ckpt_path(ckpt_path: Optional[str]) -> None:
         raise UserError(f"ckpt_path: no such checkpoint file: {ckpt_path}")
 
 
-def make_cli(args: Optional[Sequence[str]] = None, run: bool = True):
-    """Build (and by default run) the LightningCLI on ``args`` (``None`` = ``sys.argv[1:]``)."""
-    return _build_cli_class()(args=args, run=run)
+def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs):
+    """Build (and by default run) the LightningCLI on ``args`` (``None`` = ``sys.argv[1:]``).
+
+    ``kwargs`` go to :class:`~lightning.pytorch.cli.LightningCLI` (e.g. ``trainer_defaults=
+    {"callbacks": [...]}`` adds callbacks to those of the config).
+    """
+    return _build_cli_class()(args=args, run=run, **kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -10,10 +10,34 @@ import torch
 from torch import nn
 from torchmetrics import MeanSquaredError
 
+from set_lightning.callbacks import TimeBudget
 from set_lightning.models.base import NBodyModel
 
 Batch = dict[str, torch.Tensor]
 SCHEDULERS = ("none", "cosine", "plateau")
+#: Per-trajectory statistics logged beside ``{stage}/pos_mse`` (see :func:`error_summary`).
+QUANTILES = {"median": 0.5, "p90": 0.9, "p99": 0.99}
+
+
+def error_summary(per_traj: torch.Tensor, min_dist: torch.Tensor | None, close_below: float) -> dict[str, float]:
+    """Distribution of the per-trajectory position MSE: what the mean hides.
+
+    Quantiles interpolate linearly between order statistics (numpy's default). Trajectories whose
+    closest particle pair came nearer than ``close_below`` (``min_dist``) are "close"; the others "calm".
+
+    Shapes: per_traj ``(S,)``, min_dist ``(S,)`` or None -> a dict of floats: ``pos_mse_median``,
+    ``pos_mse_p90``, ``pos_mse_p99``, ``pos_mse_max`` and, with ``min_dist``, ``pos_mse_calm``,
+    ``pos_mse_close`` (NaN when no trajectory is close) and ``close_frac``.
+    """
+    per = per_traj.double()
+    out = {f"pos_mse_{k}": torch.quantile(per, q).item() for k, q in QUANTILES.items()}
+    out["pos_mse_max"] = per.max().item()
+    if min_dist is not None:
+        close = min_dist < close_below
+        out["pos_mse_calm"] = per[~close].mean().item() if (~close).any() else float("nan")
+        out["pos_mse_close"] = per[close].mean().item() if close.any() else float("nan")
+        out["close_frac"] = close.double().mean().item()
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,9 +57,20 @@ class SETLightningModule(pl.LightningModule):
         weight_decay: Adam weight decay.
         pos_weight: weight of the position MSE in the training loss.
         vel_weight: weight of the velocity MSE in the training loss (0 trains on positions only).
-        scheduler: learning-rate schedule, one of ``none``, ``cosine`` (to 0 over
-            ``trainer.max_epochs``) or ``plateau`` (halve when ``val/pos_mse`` stalls).
+        scheduler: learning-rate schedule, one of ``none``, ``cosine`` (to 0 at the end of training,
+            stepped every batch: the end is ``trainer.max_steps``/``max_epochs`` or, with a
+            :class:`~set_lightning.callbacks.TimeBudget` callback, its budget, whichever comes first)
+            or ``plateau`` (halve when ``val/pos_mse`` stalls).
         plateau_patience: epochs without improvement before ``plateau`` halves the rate.
+        warmup_steps: linear learning-rate warm-up over the first optimiser steps (0 = none; not
+            with ``plateau``).
+        close_encounter: trajectories whose closest particle pair (over the saved frames from the
+            input to the target frame) comes nearer than this are reported apart as
+            ``{stage}/pos_mse_close``; the others as ``{stage}/pos_mse_calm``.
+
+    Validation and test also log the distribution of the per-trajectory position MSE over the
+    whole split (gathered across DDP ranks): ``{stage}/pos_mse_median``, ``_p90``, ``_p99``,
+    ``_max``, ``_calm``, ``_close`` and ``{stage}/close_frac``.
     """
 
     def __init__(
@@ -47,6 +82,8 @@ class SETLightningModule(pl.LightningModule):
         vel_weight: float = 1.0,
         scheduler: Literal["none", "cosine", "plateau"] = "none",
         plateau_patience: int = 10,
+        warmup_steps: int = 0,
+        close_encounter: float = 0.1,
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -63,6 +100,10 @@ class SETLightningModule(pl.LightningModule):
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if plateau_patience < 1:
             raise ValueError(f"plateau_patience must be >= 1, got {plateau_patience}")
+        if warmup_steps < 0 or (warmup_steps and scheduler == "plateau"):
+            raise ValueError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
+        if not close_encounter > 0:
+            raise ValueError(f"close_encounter must be > 0, got {close_encounter}")
         self.save_hyperparameters(ignore=["net"] if not _from_cli() else None)
         self.net = net
         self.metrics = nn.ModuleDict(
@@ -72,6 +113,9 @@ class SETLightningModule(pl.LightningModule):
                 for kind in ("pos", "vel")
             }
         )
+        self._per_traj: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+        #: the last full split's per-trajectory errors, ``(S, 2)``: position MSE and min distance
+        self.per_trajectory: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +155,24 @@ class SETLightningModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
         self.log(f"{stage}/pos_mse", self.metrics[f"{stage}_pos"], prog_bar=True, batch_size=bs)
         self.log(f"{stage}/vel_mse", self.metrics[f"{stage}_vel"], batch_size=bs)
+        per = (x_pred.detach() - batch["x_target"]).square().mean(dim=(-2, -1))
+        min_dist = batch.get("min_dist")
+        self._per_traj[stage].append(torch.stack([per, per.new_full(per.shape, float("nan"))
+                                                  if min_dist is None else min_dist.to(per.dtype)], dim=-1))
+
+    def _log_error_summary(self, stage: str) -> None:
+        """Log the per-trajectory error distribution of the whole split (all DDP ranks)."""
+        rows, self._per_traj[stage] = self._per_traj[stage], []
+        if not rows or self.trainer.sanity_checking:
+            return
+        errs = torch.cat(rows)  # (S, 2): per-trajectory MSE, min distance
+        if self.trainer.world_size > 1:
+            errs = self.all_gather(errs).reshape(-1, 2)  # DistributedSampler: equal shard sizes
+        self.per_trajectory[stage] = errs.detach().cpu()
+        min_dist = None if torch.isnan(errs[:, 1]).all() else errs[:, 1]
+        stats = error_summary(errs[:, 0], min_dist, self.hparams.close_encounter)
+        for key, value in stats.items():
+            self.log(f"{stage}/{key}", value, sync_dist=False)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -148,26 +210,46 @@ class SETLightningModule(pl.LightningModule):
         return flat
 
     def on_validation_epoch_end(self) -> None:
+        self._log_error_summary("val")
         if not self.trainer.sanity_checking and "val/pos_mse" in self.trainer.callback_metrics:
             self.log("hp/val_pos_mse", self.trainer.callback_metrics["val/pos_mse"])
 
     def on_test_epoch_end(self) -> None:
+        self._log_error_summary("test")
         if "test/pos_mse" in self.trainer.callback_metrics:
             self.log("hp/test_pos_mse", self.trainer.callback_metrics["test/pos_mse"])
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "cosine":
-            t_max = max(int(self.trainer.max_epochs or 1), 1)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.hparams.scheduler == "cosine" or self.hparams.warmup_steps:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.hparams.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="min", factor=0.5, patience=self.hparams.plateau_patience
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/pos_mse"}}
         return opt
+
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier after ``step`` optimiser steps: warm-up, then cosine to the end."""
+        warm = min(1.0, (step + 1) / self.hparams.warmup_steps) if self.hparams.warmup_steps else 1.0
+        if self.hparams.scheduler != "cosine":
+            return warm
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.training_progress(step))))
+
+    def training_progress(self, step: int) -> float:
+        """Fraction of training done: of the steps (max_steps / max_epochs) or of a time budget."""
+        done = 0.0
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total) and total > 0:
+            done = step / total
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, TimeBudget):
+                done = max(done, cb.progress)
+        return done
 
 
 def _from_cli() -> bool:

@@ -174,3 +174,245 @@ def make_report(rows: Sequence[dict[str, Any]], reference: str, out_dir: str | P
     plot(stats, out_dir / "report.png", title)
     print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.png'}")
     return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons on a shared test set
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PairedComparison:
+    """Model A against model B, scored on the same test trajectories.
+
+    ``ratio`` is ``mean(a) / mean(b)`` (below 1: A has the lower mean MSE) with its paired
+    bootstrap 95% interval ``[ratio_lo, ratio_hi]`` (trajectories resampled with replacement, the
+    same indices for both models); ``p_wilcoxon`` is the two-sided Wilcoxon signed-rank p-value of
+    the per-trajectory differences (is A better on a typical trajectory?); ``frac_a_better`` the
+    share of trajectories on which A's error is lower.
+    """
+
+    ratio: float
+    ratio_lo: float
+    ratio_hi: float
+    p_wilcoxon: float
+    frac_a_better: float
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 10000, seed: int = 0) -> PairedComparison:
+    """Compare per-trajectory errors ``a`` and ``b`` (same trajectories, same order).
+
+    Shapes: a, b ``(S,)``.
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired errors must be two 1-D arrays of the same length >= 2, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    p = float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
+    return PairedComparison(float(a.mean() / b.mean()), float(lo), float(hi), p, float(np.mean(a < b)))
+
+
+def benjamini_hochberg(p_values: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate); ``None`` entries are skipped."""
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out: list[Optional[float]] = [None] * len(p_values)
+    if not idx:
+        return out
+    p = np.array([p_values[i] for i in idx], dtype=np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adj = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    for rank, j in enumerate(order):
+        out[idx[j]] = float(min(adj[rank], 1.0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Time-to-accuracy study
+# ---------------------------------------------------------------------------------------------
+TTA_THRESHOLDS = (0.0100, 0.0080, 0.0071)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def time_to_reach(curve: Sequence[dict[str, Any]], threshold: float) -> Optional[float]:
+    """Training seconds at the first validation with ``val_pos_mse <= threshold`` (None: never)."""
+    for row in sorted(curve, key=lambda r: r["train_s"]):
+        if row["val_pos_mse"] <= threshold:
+            return float(row["train_s"])
+    return None
+
+
+def plateau_gain(curve: Sequence[dict[str, Any]], budget_s: float, tail: float = 0.2) -> Optional[float]:
+    """Relative improvement of the best validation MSE over the last ``tail`` of the budget.
+
+    ``(best before (1 - tail) * budget - best at the end) / best before``; below 0.02 the run has
+    plateaued by the study's criterion.
+    """
+    before = [r["val_pos_mse"] for r in curve if r["train_s"] <= (1 - tail) * budget_s]
+    if not before:
+        return None
+    b0, b1 = min(before), min(r["val_pos_mse"] for r in curve)
+    return (b0 - b1) / b0
+
+
+def time_to_accuracy_report(out: str | Path, reference: str = "EGNN") -> str:
+    """Build ``<out>.md`` and ``<out>.png`` from ``<out>.jsonl`` and ``<out>_per_traj.jsonl``."""
+    out = Path(out)
+    rows = _read_rows(out.with_suffix(".jsonl"))
+    per_rows = _read_rows(out.parent / f"{out.name}_per_traj.jsonl")
+    finals = [r for r in rows if r.get("final")]
+    if not finals:
+        print(f"no finished runs in {out.with_suffix('.jsonl')}")
+        return ""
+    models = list(OrderedDict.fromkeys(r["model"] for r in finals))
+    budget = {m: max(r["budget_s"] for r in finals if r["model"] == m) for m in models}
+    finals = [r for r in finals if r["budget_s"] == budget[r["model"]]]
+    curves: dict[str, dict[int, list[dict[str, Any]]]] = {m: {} for m in models}
+    for r in rows:
+        if not r.get("final") and r["model"] in curves and r["config"]["budget_s"] == budget[r["model"]]:
+            curves[r["model"]].setdefault(r["seed"], []).append(r)
+    # per-trajectory test errors, averaged over a model's seeds
+    per_traj: dict[str, np.ndarray] = {}
+    close = None
+    for m in models:
+        errs = [np.asarray(p["pos_mse"]) for p in per_rows if p["model"] == m and p["config"]["budget_s"] == budget[m]]
+        if errs:
+            per_traj[m] = np.mean(errs, axis=0)
+            close = np.asarray([p for p in per_rows if p["model"] == m][0]["min_dist"])
+    ref = reference if reference in models else None
+    ref_tests = [r["test_pos_mse"] for r in finals if r["model"] == ref]
+    welch = {m: (welch_p_value([r["test_pos_mse"] for r in finals if r["model"] == m], ref_tests)
+                 if ref and m != ref else None) for m in models}
+    welch_adj = dict(zip(models, benjamini_hochberg([welch[m] for m in models])))
+    paired = {m: paired_comparison(per_traj[m], per_traj[ref]) for m in models
+              if ref and m != ref and m in per_traj and ref in per_traj and len(per_traj[m]) == len(per_traj[ref])}
+
+    def mean_std(key: str, m: str) -> str:
+        vals = [r[key] for r in finals if r["model"] == m and r.get(key) is not None]
+        return f"{np.mean(vals):.5f} ± {_std(vals):.5f}" if len(vals) > 1 else (f"{vals[0]:.5f}" if vals else "–")
+
+    def mean_of(key: str, m: str, spec: str = ".5f") -> str:
+        vals = [r[key] for r in finals if r["model"] == m and r.get(key) is not None]
+        return format(float(np.mean(vals)), spec) if vals else "–"
+
+    lines = [
+        f"# Time to accuracy ({out.name})",
+        "",
+        "Generated by `python benchmarks/time_to_accuracy.py` from `" + out.name + ".jsonl` (one row per "
+        "validation and one final row per run) and `" + out.name + "_per_traj.jsonl`. N = 5 charged N-body "
+        "benchmark split (3000 / 2000 / 2000 trajectories, frame 30 -> 40). Each run trains for the same "
+        "budget of training compute (validation excluded); the test MSE is that of the best-validation "
+        "checkpoint.",
+        "",
+        "## Seconds of training to reach a validation MSE, and the test MSE at the budget",
+        "",
+        "Seconds: mean over the seeds that reached the threshold (`k/n`: how many did). `plateau`: relative "
+        "improvement of the best validation MSE over the last 20% of the budget (mean over seeds; < 2% = "
+        "plateaued).",
+        "",
+        "| model | params | seeds | budget s | epochs | " + " | ".join(f"s to val {t}" for t in TTA_THRESHOLDS)
+        + " | plateau | best val MSE | test pos MSE (mean ± std) | Welch p vs " + str(ref) + " (BH) |",
+        "|" + "---|" * (10 + len(TTA_THRESHOLDS) - 1),
+    ]
+    for m in models:
+        seeds = curves[m]
+        reach = []
+        for t in TTA_THRESHOLDS:
+            times = [time_to_reach(c, t) for c in seeds.values()]
+            got = [x for x in times if x is not None]
+            reach.append(f"{np.mean(got):.0f} ({len(got)}/{len(times)})" if got else f"– (0/{len(times)})")
+        gains = [g for g in (plateau_gain(c, budget[m]) for c in seeds.values()) if g is not None]
+        n_params = next(r["n_params"] for r in finals if r["model"] == m)
+        p = "(reference)" if m == ref else (f"{_fmt(welch[m], '.3g')} ({_fmt(welch_adj[m], '.3g')})" if welch[m] is not None else "–")
+        plateau = f"{100 * np.mean(gains):.1f}%" if gains else "–"
+        lines.append(
+            f"| {m} | {n_params} | {sum(r['model'] == m for r in finals)} | {budget[m]:.0f} | "
+            f"{mean_of('epochs', m, '.0f')} | " + " | ".join(reach) + f" | {plateau} | "
+        )
+        lines[-1] += f"{mean_std('best_val_pos_mse', m)} | {mean_std('test_pos_mse', m)} | {p} |"
+    lines += [
+        "",
+        "## Where the error lives: per-trajectory test MSE (mean over seeds of each statistic)",
+        "",
+        "A trajectory is a *close encounter* when two particles come nearer than 0.1 (the distance at which "
+        "the Coulomb force reaches the simulator's clip value) in a saved frame between the input and the "
+        "target frame; the others are *calm*.",
+        "",
+        "| model | mean | median | p90 | p99 | max | calm | close encounters | close share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m} | {mean_of('test_pos_mse', m)} | {mean_of('test_pos_mse_median', m)} | {mean_of('test_pos_mse_p90', m)} | "
+            f"{mean_of('test_pos_mse_p99', m)} | {mean_of('test_pos_mse_max', m, '.4f')} | {mean_of('test_pos_mse_calm', m)} | "
+            f"{mean_of('test_pos_mse_close', m)} | {mean_of('test_close_frac', m, '.3f')} |"
+        )
+    if paired:
+        lines += [
+            "",
+            f"## Paired comparison with {ref} on the shared test trajectories",
+            "",
+            "Per-trajectory errors averaged over each model's seeds. `ratio`: mean MSE / " + str(ref) + "'s, with a "
+            "paired bootstrap 95% interval over trajectories (does the mean differ on this test distribution?); "
+            "`Wilcoxon p`: signed-rank test of the per-trajectory differences (is the model better on a typical "
+            "trajectory?); `better on`: share of trajectories with the lower error. The Welch test above asks a "
+            "third question: would retraining with other seeds change the mean?",
+            "",
+            "| model | ratio to " + str(ref) + " [95% CI] | Wilcoxon p | better on |",
+            "|---|---|---|---|",
+        ]
+        for m, c in paired.items():
+            lines.append(f"| {m} | {c.ratio:.3f} [{c.ratio_lo:.3f}, {c.ratio_hi:.3f}] | {c.p_wilcoxon:.3g} | {100 * c.frac_a_better:.0f}% |")
+    text = "\n".join(lines) + "\n"
+    out.with_suffix(".md").write_text(text)
+    _plot_curves(curves, out.with_suffix(".png"), out.name)
+    print(text)
+    return text
+
+
+def _plot_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str) -> None:
+    """Validation MSE against training seconds (log-log): mean over seeds, band = min..max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m, seeds in curves.items():
+        if not seeds:
+            continue
+        t_max = min(max(r["train_s"] for r in c) for c in seeds.values())
+        t_min = max(min(r["train_s"] for r in c) for c in seeds.values())
+        if not t_max > t_min > 0:
+            continue
+        grid = np.geomspace(t_min, t_max, 200)
+        vals = []
+        for c in seeds.values():
+            c = sorted(c, key=lambda r: r["train_s"])
+            ts = np.array([r["train_s"] for r in c])
+            vs = np.array([r["val_pos_mse"] for r in c])
+            vals.append(vs[np.searchsorted(ts, grid, side="right") - 1])  # the latest validation at t
+        vals = np.array(vals)
+        line, = ax.plot(grid, vals.mean(0), label=f"{m} ({len(seeds)} seeds)")
+        ax.fill_between(grid, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
+    for t in TTA_THRESHOLDS:
+        ax.axhline(t, color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds (one CPU thread)")
+    ax.set_ylabel("validation position MSE")
+    ax.set_title(f"{title}: mean over seeds, band = min..max")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -44,8 +44,16 @@ def config_digests(cli_args: Sequence[str], root: str | Path = ".") -> dict[str,
     return digests
 
 
-def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
-    """Fit then test one configuration under ``run_dir``; return (and write) its result row."""
+PER_TRAJ_FILE = "per_traj_test.json"
+
+
+def run_one(run_dir: str | Path, cli_args: Sequence[str], callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fit then test one configuration under ``run_dir``; return (and write) its result row.
+
+    ``callbacks`` are added to the config's (e.g. a :class:`~set_lightning.callbacks.TimeBudget`).
+    The result row holds every ``test/*`` metric of the best-validation checkpoint under ``"test"``;
+    the per-trajectory test errors go to ``RUN_DIR/per_traj_test.json`` (``pos_mse``, ``min_dist``).
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from set_lightning.cli import make_cli
@@ -62,7 +70,7 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "--trainer.logger.init_args.version=tb",
         "--trainer.logger.init_args.default_hp_metric=false",
     ]
-    cli = make_cli(args=args, run=False)
+    cli = make_cli(args=args, run=False, trainer_defaults={"callbacks": list(callbacks)} if callbacks else {})
     trainer = cli.trainer
     ckpt_cb = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
     ckpt_cb.dirpath = str(run_dir / "checkpoints")
@@ -89,10 +97,16 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str]) -> dict[str, Any]:
         "resumed": resume is not None,
         "best_ckpt": _relative(best) if best else None,
         "best_epoch": _epoch_of(best),
+        "test": {k.split("/", 1)[1]: float(v) for k, v in tested[0].items() if k.startswith("test/")},
         "cli_args": list(cli_args),
         "config_sha256": digests,
     }
     if trainer.global_rank == 0:
+        per = cli.model.per_trajectory.get("test")
+        if per is not None:
+            write_text_atomic(run_dir / PER_TRAJ_FILE, json.dumps(
+                {"pos_mse": [float(f"{e:.5g}") for e in per[:, 0].tolist()],
+                 "min_dist": [float(f"{d:.5g}") for d in per[:, 1].tolist()]}))
         write_text_atomic(run_dir / RESULT_FILE, json.dumps(result, indent=2, sort_keys=True))
     return result
 

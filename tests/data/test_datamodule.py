@@ -60,8 +60,9 @@ def test_batch_shapes_default_frames(shared_cache, history):
     _ready(dm)
     assert dm.n_frames == 49
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"x", "v", "charges", "x_target", "v_target"}
+    assert set(batch) == {"x", "v", "charges", "x_target", "v_target", "min_dist"}
     assert batch["x"].shape == batch["v"].shape == (4, history, 5, 3)
+    assert batch["min_dist"].shape == (4,)
     assert batch["charges"].shape == (4, 5, 1)
     assert batch["x_target"].shape == batch["v_target"].shape == (4, 5, 3)
     assert all(t.dtype == torch.float32 for t in batch.values())

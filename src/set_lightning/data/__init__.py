@@ -11,7 +11,7 @@ from set_lightning.data.cache import (
     split_seed,
 )
 from set_lightning.data.datamodule import NBodyDataModule, validate_nbody_params
-from set_lightning.data.datasets import NBodyDataset
+from set_lightning.data.datasets import CLOSE_ENCOUNTER, NBodyDataset, min_pair_distance
 from set_lightning.data.simulator import (
     default_loc_std,
     n_saved_frames,
@@ -21,6 +21,8 @@ from set_lightning.data.simulator import (
 )
 
 __all__ = [
+    "CLOSE_ENCOUNTER",
+    "min_pair_distance",
     "CacheWarning",
     "NBodyDataModule",
     "NBodyDataset",

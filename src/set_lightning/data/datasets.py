@@ -8,7 +8,12 @@ from torch.utils.data import Dataset
 
 from set_lightning.data.cache import Trajectories
 
-__all__ = ["NBodyDataset"]
+__all__ = ["CLOSE_ENCOUNTER", "NBodyDataset", "min_pair_distance"]
+
+#: Trajectories whose two closest particles come nearer than this (over the saved frames from the
+#: input to the target frame) are "close encounters": there the Coulomb force 1/r^2 exceeds 100,
+#: the clip value 0.1/dt of the simulator, and the motion is hard to predict.
+CLOSE_ENCOUNTER = 0.1
 
 
 class NBodyDataset(Dataset):
@@ -26,7 +31,13 @@ class NBodyDataset(Dataset):
 
     Each item is a dict of float32 tensors: ``"x"`` and ``"v"``: ``(L, N, 3)`` (frames
     ``input_frame - L + 1 .. input_frame``), ``"charges"``: ``(N, 1)``, ``"x_target"`` and
-    ``"v_target"``: ``(N, 3)``.
+    ``"v_target"``: ``(N, 3)``, ``"min_dist"``: ``()``, the smallest distance between two particles
+    over the saved frames ``input_frame .. target_frame`` (where the error of a trajectory comes
+    from: close encounters, see :data:`CLOSE_ENCOUNTER`).
+
+    Shapes (of a batch; items drop ``B``):
+        x, v: ``(B, L, N, 3)``; charges: ``(B, N, 1)``; x_target, v_target: ``(B, N, 3)``;
+        min_dist: ``(B,)``.
     """
 
     def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int) -> None:
@@ -47,6 +58,7 @@ class NBodyDataset(Dataset):
         self.charges: Tensor = trajectories.charges.to(torch.float32).contiguous()
         self.x_target: Tensor = trajectories.x[:, target_frame].to(torch.float32).contiguous()
         self.v_target: Tensor = trajectories.v[:, target_frame].to(torch.float32).contiguous()
+        self.min_dist: Tensor = min_pair_distance(trajectories.x[:, input_frame : target_frame + 1]).to(torch.float32)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -58,4 +70,17 @@ class NBodyDataset(Dataset):
             "charges": self.charges[index],
             "x_target": self.x_target[index],
             "v_target": self.v_target[index],
+            "min_dist": self.min_dist[index],
         }
+
+
+def min_pair_distance(x: Tensor) -> Tensor:
+    """The smallest distance between two distinct particles over all frames of each trajectory.
+
+    Shapes: x ``(B, T, N, 3)`` -> ``(B,)`` (in ``x``'s dtype).
+    """
+    b, t, n, _ = x.shape
+    flat = x.reshape(b * t, n, 3)
+    dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")  # (B*T, N, N), exact
+    dist = dist + torch.diag(torch.full((n,), float("inf"), dtype=x.dtype, device=x.device))
+    return dist.reshape(b, t * n * n).amin(dim=1)

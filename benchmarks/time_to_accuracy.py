@@ -1,0 +1,169 @@
+"""Time to accuracy: validation MSE against training compute, several seeds, equal budgets.
+
+Each (model, seed) trains under a :class:`~set_lightning.callbacks.TimeBudget` of ``--budget-min``
+minutes of training compute (validation excluded), with ``max_epochs`` unbounded and any cosine
+schedule decaying to the budget; then the best-validation checkpoint is tested. Runs go one per
+process (one torch thread each), ``--parallel`` at a time, under ``runs/time_to_accuracy/``.
+
+Every finished run appends its rows to ``results/<study>.jsonl`` at once (one row per validation,
+then one ``"final": true`` row) and its per-trajectory test errors to ``results/<study>_per_traj.jsonl``;
+runs already there are skipped, so a study accumulates across sessions. ``--report-only`` rebuilds
+``results/<study>.md`` and ``.png`` from those files alone.
+
+    python benchmarks/time_to_accuracy.py --budget-min 10 --seeds 0 1 2 --parallel 2
+    python benchmarks/time_to_accuracy.py --study ablation --budget-min 10 --seeds 0 1 2 --parallel 2
+    python benchmarks/time_to_accuracy.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SET = ["--config", "conf/set.yaml", "--model.vel_weight=0.0", "--model.warmup_steps=30"]
+SMALL = ["--model.net.init_args.n_blocks=1", "--model.net.init_args.n_spatial_layers=1"]
+#: label -> CLI arguments of ``python -m set_lightning fit`` (the benchmark split: conf/<model>.yaml)
+STUDIES: dict[str, dict[str, list[str]]] = {
+    "time_to_accuracy": {
+        "EGNN": ["--config", "conf/egnn.yaml"],
+        "SET L=1": [*SET, "--data.history=1"],
+        "SET L=5 (M=1, K=1)": [*SET, *SMALL, "--data.history=5"],
+        "SET L=10 (M=1, K=1)": [*SET, *SMALL, "--data.history=10"],
+        "LSTM L=10": ["--config", "conf/lstm.yaml"],
+        "EGNN, cosine": ["--config", "conf/egnn.yaml", "--model.scheduler=cosine", "--model.warmup_steps=30"],
+    },
+    "time_to_accuracy_ablation": {
+        "SET L=5 (M=1, K=1)": [*SET, *SMALL, "--data.history=5"],
+        "no equivariance": [*SET, *SMALL, "--data.history=5", "--model.net.init_args.equivariant=false"],
+        "no spatial attention": [*SET, *SMALL, "--data.history=5", "--model.net.init_args.spatial_attention=false"],
+        "no temporal attention": [*SET, *SMALL, "--data.history=5", "--model.net.init_args.temporal_attention=false"],
+        "with adjacency": [*SET, *SMALL, "--data.history=5", "--model.net.init_args.adjacency=true"],
+    },
+}
+COMMON = ["--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+_lock = threading.Lock()
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append whole lines and fsync (a killed study never leaves half a row)."""
+    with _lock, open(path, "a") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_unit(label: str, args: list[str], seed: int, budget_s: float, clock: str, out: Path, runs: Path) -> str:
+    """Train, test and record one (model, seed); returns a one-line status."""
+    run_dir = runs / _slug(label) / f"seed_{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
+    run_dir.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "--worker", str(run_dir), "--budget-s", str(budget_s), "--clock", clock,
+           "--", *args, *COMMON, f"--seed_everything={seed}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
+    result_file = run_dir / "result.json"
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        return f"FAILED {label} seed {seed}: " + " | ".join(tail)
+    result = json.loads(result_file.read_text())
+    config = {"args": args, "budget_s": budget_s, "clock": clock}
+    rows = [{"model": label, "config": config, "seed": seed, "val_pos_mse": r.pop("pos_mse"), **r}
+            for r in _read_jsonl(run_dir / "curve.jsonl")]
+    final = {"final": True, "model": label, "config": config, "seed": seed, "budget_s": budget_s,
+             "n_params": result["n_params"], "epochs": result["epochs"], "best_epoch": result["best_epoch"],
+             "best_val_pos_mse": result["best_val_pos_mse"], "test_pos_mse": result["test_pos_mse"],
+             **{f"test_{k}": v for k, v in result["test"].items() if k != "pos_mse"}}
+    per = json.loads((run_dir / "per_traj_test.json").read_text())
+    _append_jsonl(out.with_suffix(".jsonl"), [*rows, final])
+    _append_jsonl(out.parent / f"{out.name}_per_traj.jsonl", [{"model": label, "config": config, "seed": seed, **per}])
+    return f"done {label} seed {seed}: test {final['test_pos_mse']:.5f} after {result['epochs']} epochs"
+
+
+def worker(run_dir: str, budget_s: float, clock: str, cli_args: list[str]) -> None:
+    """One run in this process: fit under the budget (curve to curve.jsonl), then test."""
+    import torch
+
+    from set_lightning.callbacks import TimeBudget
+    from set_lightning.run_one import run_one
+
+    torch.set_num_threads(1)
+    budget = TimeBudget(budget_s, clock=clock, curve_file=str(Path(run_dir) / "curve.jsonl"))
+    run_one(run_dir, cli_args, callbacks=[budget])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=sorted(STUDIES), default="time_to_accuracy")
+    parser.add_argument("--budget-min", type=float, default=10.0, help="training minutes per run (default 10)")
+    parser.add_argument("--clock", choices=("process", "wall"), default="process",
+                        help="process: CPU seconds of the run's process (1 thread; fair on shared cores); wall")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="*", default=None, help="labels to run (default: all of the study)")
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", help="results file stem (default results/<study>)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("cli_args", nargs="*", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.worker:
+        worker(opts.worker, opts.budget_s, opts.clock, opts.cli_args)
+        return
+
+    from set_lightning.report import time_to_accuracy_report
+
+    out = Path(opts.out).resolve() if opts.out else REPO / "results" / opts.study
+    if not opts.report_only:
+        models = STUDIES[opts.study]
+        unknown = set(opts.models or []) - set(models)
+        if unknown:
+            sys.exit(f"error: --models: unknown {sorted(unknown)}; allowed: {sorted(models)}")
+        budget_s = opts.budget_min * 60
+        out.parent.mkdir(parents=True, exist_ok=True)
+        done = {(r["model"], r["seed"], r["budget_s"]) for r in _read_jsonl(out.with_suffix(".jsonl")) if r.get("final")}
+        todo = [(label, models[label], seed) for seed in opts.seeds for label in (opts.models or models)
+                if (label, seed, budget_s) not in done]
+        print(f"{len(todo)} runs to do ({len(done)} finished), budget {budget_s:.0f} s each, {opts.parallel} at a time")
+        _prepare_data(todo)
+        runs = REPO / "runs" / out.name
+        with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
+            for status in pool.map(lambda t: run_unit(t[0], t[1], t[2], budget_s, opts.clock, out, runs), todo):
+                print(status, flush=True)
+    time_to_accuracy_report(out)
+
+
+def _prepare_data(todo: list) -> None:
+    """Simulate the benchmark splits once, before the runs start side by side."""
+    if not todo:
+        return
+    from set_lightning.cli import make_cli
+
+    os.chdir(REPO)
+    sys.argv = sys.argv[:1]  # LightningCLI reads explicit args only
+    for label, args, _ in todo[:1]:
+        make_cli(args=[*args, *COMMON, "--trainer.logger=false"], run=False).datamodule.prepare_data()
+
+
+if __name__ == "__main__":
+    main()
