@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
+from set_lightning.errors import UserError
+
 CLOCKS = ("process", "wall")
 
 
@@ -37,9 +39,9 @@ class TimeBudget(Callback):
                  curve_file: Optional[str] = None) -> None:
         super().__init__()
         if not budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+            raise UserError(f"budget_s must be > 0, got {budget_s}")
         if clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+            raise UserError(f"clock must be one of {CLOCKS}, got {clock!r}")
         self.budget_s, self.clock, self.curve_file = float(budget_s), clock, curve_file
         self.elapsed = 0.0  # seconds spent training, on `clock`
         self.curve: list[dict[str, Any]] = []
@@ -121,7 +123,7 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: Optional[str] = None, n_plot: int = 4) -> None:
         super().__init__(write_interval="epoch")
         if n_plot < 0:
-            raise ValueError(f"n_plot must be >= 0, got {n_plot}")
+            raise UserError(f"n_plot must be >= 0, got {n_plot}")
         self.output_dir = output_dir
         self.n_plot = n_plot
         self.written: list[Path] = []

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MeanSquaredError
 
 from set_lightning.callbacks import TimeBudget
+from set_lightning.errors import UserError
 from set_lightning.models.base import NBodyModel
 
 Batch = dict[str, torch.Tensor]
@@ -40,8 +41,8 @@ def error_summary(per_traj: torch.Tensor, min_dist: torch.Tensor | None, close_b
     return out
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
+class NonFiniteLossError(UserError):
+    """Raised when the training loss becomes NaN or infinite (a setting to change: one error line)."""
 
 
 class SETLightningModule(pl.LightningModule):
@@ -89,22 +90,23 @@ class SETLightningModule(pl.LightningModule):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be an NBodyModel (nn.Module), got {type(net).__name__}")
         if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive finite number, got {lr}")
+            raise UserError(f"lr must be a positive finite number, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
         if pos_weight < 0 or vel_weight < 0 or pos_weight + vel_weight == 0:
-            raise ValueError(
+            raise UserError(
                 f"pos_weight and vel_weight must be >= 0 and not both 0, got {pos_weight}, {vel_weight}"
             )
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+            raise UserError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if plateau_patience < 1:
-            raise ValueError(f"plateau_patience must be >= 1, got {plateau_patience}")
+            raise UserError(f"plateau_patience must be >= 1, got {plateau_patience}")
         if warmup_steps < 0 or (warmup_steps and scheduler == "plateau"):
-            raise ValueError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
+            raise UserError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
         if not close_encounter > 0:
-            raise ValueError(f"close_encounter must be > 0, got {close_encounter}")
-        self.save_hyperparameters(ignore=["net"] if not _from_cli() else None)
+            raise UserError(f"close_encounter must be > 0, got {close_encounter}")
+        # the net is a module (saved in the state dict), not a hyper-parameter
+        self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.metrics = nn.ModuleDict(
             {
@@ -250,10 +252,3 @@ class SETLightningModule(pl.LightningModule):
             if isinstance(cb, TimeBudget):
                 done = max(done, cb.progress)
         return done
-
-
-def _from_cli() -> bool:
-    """True while LightningCLI instantiates the module (it then records the net's config)."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is not None

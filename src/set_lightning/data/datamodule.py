@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from set_lightning.data.cache import Trajectories, TrajectorySpec, load_or_generate
 from set_lightning.data.datasets import NBodyDataset
+from set_lightning.errors import UserError
 
 __all__ = ["NBodyDataModule", "validate_nbody_params"]
 
@@ -35,42 +36,42 @@ def validate_nbody_params(
     sample_freq: int,
     dt: float,
 ) -> None:
-    """Raise a ValueError naming the first invalid field and its allowed values."""
+    """Raise a :class:`~set_lightning.errors.UserError` naming the first invalid field and its allowed values."""
     if n_particles < 2:
-        raise ValueError(f"n_particles must be >= 2, got {n_particles}")
+        raise UserError(f"n_particles must be >= 2, got {n_particles}")
     for name, count in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+            raise UserError(f"{name} must be >= 0, got {count}")
     if sample_freq < 1:
-        raise ValueError(f"sample_freq must be >= 1, got {sample_freq}")
+        raise UserError(f"sample_freq must be >= 1, got {sample_freq}")
     if steps < 2 * sample_freq or steps % sample_freq != 0:
-        raise ValueError(
+        raise UserError(
             f"steps must be a multiple of sample_freq ({sample_freq}) and at least 2 * sample_freq "
             f"(one saved frame), got {steps}"
         )
     if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
+        raise UserError(f"dt must be > 0, got {dt}")
     n_frames = steps // sample_freq - 1
     if history < 1:
-        raise ValueError(f"history must be >= 1, got {history}")
+        raise UserError(f"history must be >= 1, got {history}")
     if input_frame < 0:
-        raise ValueError(f"input_frame must be >= 0 (a 0-indexed saved frame), got {input_frame}")
+        raise UserError(f"input_frame must be >= 0 (a 0-indexed saved frame), got {input_frame}")
     if input_frame - history + 1 < 0:
-        raise ValueError(
+        raise UserError(
             f"history must be in 1..{input_frame + 1} (frames 0..input_frame={input_frame} are available), "
             f"got {history}"
         )
     if target_frame <= input_frame:
-        raise ValueError(f"target_frame must be > input_frame ({input_frame}), got {target_frame}")
+        raise UserError(f"target_frame must be > input_frame ({input_frame}), got {target_frame}")
     if target_frame > n_frames - 1:
-        raise ValueError(
+        raise UserError(
             f"target_frame must be <= {n_frames - 1} (the last of the {n_frames} saved frames with "
             f"steps={steps}, sample_freq={sample_freq}), got {target_frame}"
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        raise UserError(f"num_workers must be >= 0, got {num_workers}")
 
 
 class NBodyDataModule(pl.LightningDataModule):

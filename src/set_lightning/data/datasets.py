@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from set_lightning.data.cache import Trajectories
+from set_lightning.errors import UserError
 
 __all__ = ["CLOSE_ENCOUNTER", "NBodyDataset", "min_pair_distance"]
 
@@ -44,11 +45,11 @@ class NBodyDataset(Dataset):
         n_frames = trajectories.x.shape[1]
         first = input_frame - history + 1
         if history < 1 or first < 0:
-            raise ValueError(
+            raise UserError(
                 f"history must be in 1..{input_frame + 1} for input_frame={input_frame}, got {history}"
             )
         if not input_frame < target_frame < n_frames:
-            raise ValueError(
+            raise UserError(
                 f"target_frame must be in {input_frame + 1}..{n_frames - 1} (after input_frame={input_frame}, "
                 f"within the {n_frames} saved frames), got {target_frame}"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..errors import UserError
 from .base import NBodyModel
 from .baselines import LSTM, MLP, Linear
 from .egnn import EGNN
@@ -22,15 +23,15 @@ def build_model(name: str, **kwargs: Any) -> NBodyModel:
     """Build the model registered as ``name`` (case-insensitive) with ``kwargs``.
 
     Raises:
-        ValueError: unknown ``name`` or an argument that model does not take (the message lists the
+        UserError: unknown ``name`` or an argument that model does not take (the message lists the
             allowed values).
     """
     key = str(name).lower()
     if key not in MODELS:
-        raise ValueError(f"unknown model name {name!r}; allowed names: {sorted(MODELS)}")
+        raise UserError(f"unknown model name {name!r}; allowed names: {sorted(MODELS)}")
     cls = MODELS[key]
     allowed = model_kwargs(cls)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for model {key!r}; allowed arguments: {allowed}")
+        raise UserError(f"unknown argument(s) {unknown} for model {key!r}; allowed arguments: {allowed}")
     return cls(**kwargs)
