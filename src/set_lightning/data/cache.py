@@ -6,7 +6,10 @@ name is keyed by all parameters (readable fields plus a hash of the metadata), s
 them is a cache miss. On load the metadata, shapes and checksum are verified; a corrupt, truncated
 or mismatching file triggers a :class:`CacheWarning` naming the file and is regenerated, never
 silently used. Writes are atomic (temporary file in the same folder + ``os.replace``), so readers
-never see a half-written file, even with several processes generating at once.
+never see a half-written file. A file lock around generation makes K processes (parallel sweep
+runs, cluster jobs on a shared file system) that ask for the same missing split simulate it once:
+one simulates, the others wait and load its file. The key covers the simulator's code
+(:data:`SIMULATOR_CODE`), so a change to the physics cannot reuse data made by the old code.
 
 Slicing history / input / target frames is done afterwards (:mod:`set_lightning.data.datasets`),
 so changing those needs no regeneration.
@@ -14,7 +17,9 @@ so changing those needs no regeneration.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from set_lightning.data.simulator import (
@@ -35,6 +41,7 @@ from set_lightning.data.simulator import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "SIMULATOR_CODE",
     "CacheWarning",
     "TrajectorySpec",
     "Trajectories",
@@ -45,8 +52,20 @@ __all__ = [
     "load_or_generate",
 ]
 
-#: Bump when the file layout or the simulator's output changes: old files then miss the cache.
+#: Bump when the file layout changes: old files then miss the cache.
 FORMAT_VERSION = 1
+
+
+def _code_digest(*functions: Any) -> str:
+    """Hash of the source of the modules defining ``functions`` (parsed: comments and layout do not count)."""
+    h = hashlib.sha256()
+    for path in sorted({inspect.getsourcefile(f) for f in functions}):
+        h.update(ast.dump(ast.parse(Path(path).read_text())).encode())
+    return h.hexdigest()[:16]
+
+
+#: the simulator's code version, part of every cache key
+SIMULATOR_CODE = _code_digest(sample_initial_conditions, simulate_charged)
 
 _TENSOR_KEYS = ("x", "v", "charges")
 
@@ -113,6 +132,7 @@ class TrajectorySpec:
         meta["split_seed"] = split_seed(self.seed, self.split)
         meta["format_version"] = FORMAT_VERSION
         meta["simulator"] = "nri_charged_particles"
+        meta["simulator_code"] = SIMULATOR_CODE
         return meta
 
     def key(self) -> str:
@@ -256,6 +276,22 @@ def load_or_generate(spec: TrajectorySpec, cache_dir: str | os.PathLike) -> Traj
     path = Path(cache_dir) / spec.filename()
     data = load_trajectories(path, spec)
     if data is None:
-        data = generate_trajectories(spec)
-        save_trajectories(path, spec, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seen = _file_state(path)
+        # one process simulates a split; the others asking for it meanwhile wait, then load its file
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            if _file_state(path) != seen:
+                data = load_trajectories(path, spec)
+            if data is None:
+                data = generate_trajectories(spec)
+                save_trajectories(path, spec, data)
     return data
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of ``path``: tells whether another process replaced it; None if absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
