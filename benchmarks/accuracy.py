@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from set_lightning.sweep import run_sweep  # noqa: E402
+from set_lightning.experiments.sweep import run_sweep  # noqa: E402
 
 # Published test MSE on this task with 3000 training trajectories (EGNN, SEGNN, CGENN papers).
 PUBLISHED = {

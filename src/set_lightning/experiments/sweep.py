@@ -1,246 +1,95 @@
-"""Ablation sweeps: ``python -m set_lightning sweep ablations/<file>.yaml [--parallel K] [--dry-run]``.
+"""Ablation sweeps: ``python -m set_lightning sweep ablations/<file>.yaml [--backend local|slurm] ...``.
 
-An ablation file (any ``*.yaml`` in ``ablations/``; dropping in a new file adds an ablation, no code
-change) says::
+The file (:mod:`set_lightning.experiments.spec`) expands to one run per (variant, grid point, seed),
+each in its own directory ``<out>/<name>/<run id>/seed_<s>``, trained and tested by the worker
+(:mod:`set_lightning.experiments.worker`). Each run's identity is the hash of its resolved config
+(:mod:`set_lightning.experiments.records`): a finished run with the same identity is skipped, one
+made with another config (an edited ``defaults.yaml``, config file or argument) is refused; an
+interrupted run resumes from its newest checkpoint. So a sweep killed half-way resumes without
+losing or redoing finished runs.
 
-    name: paper_n5                    # results go to <out>/<name>/ (default out: runs/sweeps)
-    base: [conf/set.yaml]             # config file(s) every run starts from
-    overrides: {trainer.max_epochs: 30}   # dotted overrides for every run
-    seeds: [0, 1, 2]                  # seed_everything values; each variant runs once per seed
-    reference: full                   # the variant the others are tested against (Welch t-test)
-    variants:                         # one entry per ablation: dotted overrides, optional `config`
-      full: {}
-      no_equivariance: {model.net.init_args.equivariant: false}
-      egnn: {config: conf/egnn.yaml}
-    grid: {data.n_particles: [5, 20]} # optional: every variant at every grid point
-
-Each (variant, grid point, seed) is one run directory ``<out>/<name>/<run id>/seed_<s>`` trained and
-tested by :mod:`set_lightning.run_one` in its own process. Finished runs (with ``result.json``) are
-skipped, so a sweep killed half-way resumes without losing or redoing finished runs; an interrupted
-run resumes from its ``last.ckpt``. Results: ``<out>/<name>/results.jsonl`` (one row per run) and the
-report (``report.md``, ``report.png``; see :mod:`set_lightning.report`).
+Backends: ``local`` (default; worker processes on this machine, ``--parallel K`` at a time, each with
+its own GPUs), ``slurm`` (one submitit job array; ``--detach`` submits and returns), and
+``submitit-local`` (the cluster path on this machine, through submitit's local executor).
+``--print-commands`` prints one shell command per unfinished run, or with ``slurm`` an sbatch
+job-array script, for other schedulers. Results: ``<out>/<name>/results.jsonl`` (one row per run, in
+the order runs finish) and the report (``report.md``, ``report.png``; :mod:`set_lightning.experiments.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import os
 import shlex
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
-
 from set_lightning.errors import UserError
-from set_lightning.run_one import config_digests, read_result, write_text_atomic
+from set_lightning.experiments.records import (
+    RESULTS_LOG,
+    ConfigResolver,
+    ResultsLog,
+    config_identity,
+    finished_result,
+    job_active,
+    read_job,
+)
+from set_lightning.experiments.spec import RunSpec, SweepSpec, expand, load_spec
 
-SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid"}
-
-
-@dataclass(frozen=True)
-class Run:
-    """One (variant, grid point, seed) of a sweep."""
-
-    variant: str
-    grid_point: tuple[tuple[str, Any], ...]
-    seed: int
-    cli_args: tuple[str, ...]
-    run_dir: Path
-
-    @property
-    def group(self) -> str:
-        """The run id without the seed: runs of one group differ only in their seed."""
-        return self.run_dir.parent.name
-
-    root: Path = Path(".")
-
-    def command(self) -> list[str]:
-        """The command that performs this run, from ``root`` (what a cluster job would execute)."""
-        return [sys.executable, "-m", "set_lightning.run_one", str(self.run_dir.resolve()), *self.cli_args]
-
-    def finished(self) -> Optional[dict[str, Any]]:
-        """The run's result if it finished with exactly these arguments; ``None`` if unfinished.
-
-        Raises:
-            UserError: the run directory holds a result made with other arguments (the ablation file
-                changed): it is never silently reused.
-        """
-        result = read_result(self.run_dir)
-        if result is None:
-            return None
-        if list(result.get("cli_args", [])) != list(self.cli_args):
-            raise UserError(
-                f"{self.run_dir} holds a finished run made with other arguments than the ablation file "
-                "now gives; pass another --out or delete that folder"
-            )
-        digests = config_digests(self.cli_args, self.root)
-        if result.get("config_sha256", digests) != digests:
-            raise UserError(
-                f"{self.run_dir} holds a finished run made with an earlier version of its config file(s) "
-                f"{sorted(digests)}; pass another --out or delete that folder"
-            )
-        return result
+BACKENDS = ("local", "slurm", "submitit-local")
 
 
 @dataclass
-class SweepSpec:
-    """A parsed ablation file."""
+class Planned:
+    """A run of the sweep with its resolved config and state."""
 
-    name: str
-    path: Path
-    base: list[str]
-    seeds: list[int]
-    variants: dict[str, dict[str, Any]]
-    reference: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    description: str = ""
+    run: RunSpec
+    config: dict[str, Any]
+    identity: str
+    result: Optional[dict[str, Any]] = None  # finished with this identity
+    job: Optional[dict[str, Any]] = None  # its job is pending or running
 
-
-def _fail(path: Path, msg: str) -> UserError:
-    return UserError(f"{path}: {msg}")
+    @property
+    def state(self) -> str:
+        if self.result is not None:
+            return "done"
+        return f"job {self.job['job_id']}" if self.job is not None else "todo"
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate an ablation file; errors name the field and the allowed values."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ablation file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({err})") from None
-    if not isinstance(raw, dict):
-        raise _fail(path, "must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
-    unknown = set(raw) - SPEC_KEYS
-    if unknown:
-        raise _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
-    base = raw.get("base", [])
-    base = [base] if isinstance(base, str) else list(base or [])
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise _fail(path, f"seeds must be a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise _fail(path, f"seeds must be distinct, got {seeds}")
-    variants = raw.get("variants") or {"default": {}}
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
-        raise _fail(path, "variants must map a variant name to a mapping of dotted overrides")
-    variants = {str(k): dict(v or {}) for k, v in variants.items()}
-    for vname in variants:
-        if not vname.replace("_", "").replace("-", "").isalnum():
-            raise _fail(path, f"variant name {vname!r} may hold only letters, digits, '_' and '-'")
-    reference = str(raw.get("reference", next(iter(variants))))
-    if reference not in variants:
-        raise _fail(path, f"reference {reference!r} is not a variant; allowed: {list(variants)}")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise _fail(path, "grid must map a dotted key to a non-empty list of values")
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise _fail(path, "overrides must be a mapping of dotted keys to values")
-    root = _project_root(path)
-    for cfg in base + [v["config"] for v in variants.values() if "config" in v]:
-        for c in [cfg] if isinstance(cfg, str) else cfg:
-            if not (root / c).is_file():
-                raise _fail(path, f"config file {c!r} not found (paths are relative to {root})")
-    return SweepSpec(
-        name=str(raw.get("name", path.stem)),
-        path=path,
-        base=base,
-        seeds=seeds,
-        variants=variants,
-        reference=reference,
-        overrides=overrides,
-        grid=grid,
-        description=str(raw.get("description", "")),
-    )
+def plan(spec: SweepSpec, out_dir: str | Path) -> list[Planned]:
+    """Every run of the sweep, resolved and checked against what its directory holds.
+
+    Raises:
+        UserError: a run's arguments do not parse, or a run directory holds a finished run of
+            another configuration.
+    """
+    resolver = ConfigResolver()
+    planned = []
+    for run in expand(spec, out_dir):
+        config = resolver.resolve(run.cli_args(), label=f"{spec.path}: variant {run.variant}")
+        identity, kept = config_identity(config)
+        result = finished_result(run.run_dir, identity, kept)
+        job = read_job(run.run_dir) if result is None else None
+        planned.append(Planned(run, config, identity, result, job if job and job_active(job) else None))
+    return planned
 
 
-def _project_root(spec_path: Path) -> Path:
-    """Config paths in an ablation file are relative to the project: the folder holding
-    ``ablations/`` when the file lies there, else the current directory."""
-    parent = spec_path.resolve().parent
-    if parent.name == "ablations" and not (parent.parent / "conf").is_dir() and (Path.cwd() / "conf").is_dir():
-        return Path.cwd()
-    return parent.parent if parent.name == "ablations" else Path.cwd()
+class Progress:
+    """Prints each run as it finishes and appends its row to ``results.jsonl``; collects failures."""
 
+    def __init__(self, log: ResultsLog) -> None:
+        self.log = log
+        self.failures: list[str] = []
 
-def _as_cli_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _overrides_to_args(overrides: dict[str, Any]) -> list[str]:
-    return [f"--{k}={_as_cli_value(v)}" for k, v in overrides.items()]
-
-
-def _slug(grid_point: tuple[tuple[str, Any], ...]) -> str:
-    return "__".join(f"{k.split('.')[-1]}={_as_cli_value(v)}" for k, v in grid_point)
-
-
-def expand(spec: SweepSpec, out_dir: str | Path) -> list[Run]:
-    """All runs of the sweep, in a stable order (grid point, variant, seed)."""
-    root = _project_root(spec.path)
-    out = Path(out_dir) / spec.name
-    keys = list(spec.grid)
-    runs: list[Run] = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        grid_point = tuple(zip(keys, values))
-        for vname, variant in spec.variants.items():
-            variant = dict(variant)
-            extra = variant.pop("config", None)
-            configs = list(spec.base) + ([extra] if isinstance(extra, str) else list(extra or []))
-            group = vname + (f"__{_slug(grid_point)}" if grid_point else "")
-            for seed in spec.seeds:
-                args = [f"--config={c}" for c in configs]
-                args += _overrides_to_args(spec.overrides)
-                args += _overrides_to_args(variant)
-                args += _overrides_to_args(dict(grid_point))
-                args += [f"--seed_everything={seed}"]
-                runs.append(Run(vname, grid_point, seed, tuple(args), out / group / f"seed_{seed}", root))
-    return runs
-
-
-def _execute(run: Run, threads: int) -> tuple[Run, Optional[dict[str, Any]], str]:
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(run.run_dir / "stdout.log", "a") as log:
-        proc = subprocess.run(
-            run.command(), cwd=run.root, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
-        )
-    result = read_result(run.run_dir)
-    message = "" if result is not None else f"exit code {proc.returncode}; see {run.run_dir / 'stdout.log'}"
-    return run, result, message
-
-
-def collect_results(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Result rows of the finished runs, annotated with variant, grid point and seed."""
-    rows = []
-    for run in runs:
-        result = run.finished()
+    def __call__(self, run: RunSpec, result: Optional[dict[str, Any]], message: str) -> None:
         if result is None:
-            continue
-        result = dict(result, variant=run.variant, group=run.group, seed=run.seed)
-        result.update({f"grid.{k}": v for k, v in run.grid_point})
-        rows.append(result)
-    return rows
-
-
-def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Rewrite the JSON-lines results file atomically (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+            self.failures.append(f"{run.label}: {message.splitlines()[0] if message else 'failed'}")
+            print(f"  FAILED {run.label}: {message}", file=sys.stderr, flush=True)
+            return
+        self.log.append(result)
+        print(f"  done {run.label}: test pos MSE {result['test_pos_mse']:.5f}", flush=True)
 
 
 def run_sweep(
@@ -248,49 +97,110 @@ def run_sweep(
     out_dir: str | Path = "runs/sweeps",
     parallel: int = 1,
     dry_run: bool = False,
-    print_commands: bool = False,
+    print_commands: Optional[str] = None,
     report: bool = True,
     threads: Optional[int] = None,
+    backend: str = "local",
+    detach: bool = False,
+    poll_s: float = 10.0,
 ) -> list[dict[str, Any]]:
-    """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report."""
-    from set_lightning.report import make_report
+    """Run (or list, or print commands for) every unfinished run of the sweep, then report.
 
-    spec = load_spec(spec_path)
+    Returns the result rows of the finished runs (empty when nothing ran: dry run, printed
+    commands, detached submission).
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
-    runs = expand(spec, out_dir)
-    todo = [r for r in runs if r.finished() is None]
+    spec = load_spec(spec_path)
     sweep_dir = Path(out_dir) / spec.name
+    planned = plan(spec, out_dir)
+    todo = [p for p in planned if p.state == "todo"]
+    active = [p for p in planned if p.job is not None]
+    done = [p for p in planned if p.result is not None]
     if print_commands:
-        for run in todo:
-            print(f"cd {shlex.quote(str(run.root.resolve()))} && {shlex.join(run.command())}")
+        _print_commands(print_commands, spec, todo, sweep_dir)
         return []
-    print(f"sweep {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+    print(f"sweep {spec.name}: {len(planned)} runs, {len(done)} finished, "
+          + (f"{len(active)} running or pending as jobs, " if active else "") + f"{len(todo)} to run")
     if dry_run:
-        for run in runs:
-            state = "done" if run not in todo else "todo"
-            print(f"  [{state}] {run.group} seed={run.seed}: {shlex.join(run.command())}")
+        for p in planned:
+            print(f"  [{p.state}] {p.run.label}: {p.run.run_dir}")
+            print(f"      configs {list(p.run.configs)} overrides {dict(p.run.overrides)}")
         return []
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    failures = []
-    results_path = sweep_dir / "results.jsonl"
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for run, result, message in pool.map(lambda r: _execute(r, threads), todo):
-            if result is None:
-                failures.append(f"{run.group} seed={run.seed}: {message}")
-                print(f"  FAILED {run.group} seed={run.seed}: {message}", file=sys.stderr)
-            else:
-                print(f"  done {run.group} seed={run.seed}: test pos MSE {result['test_pos_mse']:.5f}")
-            write_results(collect_results(runs), results_path)
-    rows = collect_results(runs)
-    write_results(rows, results_path)
+
+    log = ResultsLog(sweep_dir / RESULTS_LOG)
+    log.start([p.result for p in done])
+    progress = Progress(log)
+    if backend == "local":
+        if active:
+            print(f"  (skipping {len(active)} run(s) whose worker is still running: "
+                  + ", ".join(p.run.label for p in active) + ")")
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) // parallel)
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        from set_lightning.experiments.local import run_local
+
+        run_local([p.run for p in todo], [p.config["trainer"] for p in todo], parallel, threads, progress)
+    else:
+        from set_lightning.experiments import slurm
+
+        params = spec.executor_parameters()
+        submitted = slurm.submit([p.run for p in todo], [p.config["trainer"] for p in todo], backend,
+                                 sweep_dir / "slurm", spec.name, params) if todo else []
+        for run, job in submitted:
+            print(f"  submitted {run.label}: job {job.job_id}")
+        if detach:
+            print(f"detached: {len(submitted) + len(active)} job(s); when they are done, "
+                  f"python -m set_lightning sweep {spec.path} --out {out_dir} --report-only")
+            return []
+        slurm.watch(submitted, [p.run for p in active], progress, poll_s=poll_s)
+
+    rows = log.rows()
     if report and rows:
+        from set_lightning.experiments.report import make_report
+
         make_report(rows, reference=spec.reference, out_dir=sweep_dir, title=spec.name)
-    if failures:
-        raise UserError(f"{len(failures)} run(s) failed (finished runs are kept; rerun to retry): " + "; ".join(failures))
+    if progress.failures:
+        raise UserError(f"{len(progress.failures)} run(s) failed (finished runs are kept; rerun to retry): "
+                        + "; ".join(progress.failures))
+    return rows
+
+
+def _print_commands(kind: str, spec: SweepSpec, todo: Sequence[Planned], sweep_dir: Path) -> None:
+    """One shell command per unfinished run, or (``slurm``) an sbatch job-array script, on stdout."""
+    if not todo:
+        print(f"# sweep {spec.name}: nothing to run", file=sys.stderr)
+        return
+    for p in todo:
+        p.run.save()  # the command reads the run's spec from run_dir/run.json
+    if kind == "slurm":
+        from set_lightning.experiments.slurm import sbatch_script
+
+        log_dir = (sweep_dir / "slurm").resolve()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        print(sbatch_script([p.run for p in todo], [p.config["trainer"] for p in todo], spec.name, log_dir,
+                            spec.executor_parameters()), end="")
+        return
+    from set_lightning.experiments.local import worker_command
+
+    for p in todo:
+        print(f"cd {shlex.quote(str(p.run.root))} && {shlex.join(worker_command(p.run))}")
+
+
+def report_only(spec_path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Rebuild ``results.jsonl`` and the report from the finished runs' directories."""
+    from set_lightning.experiments.report import make_report
+
+    spec = load_spec(spec_path)
+    rows = [p.result for p in plan(spec, out_dir) if p.result is not None]
+    if not rows:
+        raise UserError(f"no finished runs of {spec.name} under {out_dir}")
+    sweep_dir = Path(out_dir) / spec.name
+    ResultsLog(sweep_dir / RESULTS_LOG).start(rows)
+    make_report(rows, reference=spec.reference, out_dir=sweep_dir, title=spec.name)
     return rows
 
 
@@ -301,29 +211,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     )
     parser.add_argument("spec", help="ablation file, e.g. ablations/paper_n5_cpu.yaml")
     parser.add_argument("--out", default="runs/sweeps", help="root folder for run directories (default: runs/sweeps)")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (default 1)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands; run nothing")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: worker processes on this machine (default); slurm: one submitit job array; "
+                             "submitit-local: the cluster path through submitit's local executor")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="local backend: runs at once on this machine, each with its own GPUs (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: CPU cores // --parallel)")
+    parser.add_argument("--detach", action="store_true",
+                        help="cluster backends: submit and return (collect later with --report-only)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     parser.add_argument(
-        "--print-commands",
-        action="store_true",
-        help="print one shell command per unfinished run (to submit each as a cluster job); run nothing",
+        "--print-commands", nargs="?", const="shell", choices=("shell", "slurm"), default=None,
+        help="print one shell command per unfinished run (shell, the default), or an sbatch job-array "
+             "script (slurm), for other schedulers; run nothing",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None,
-        help="torch threads per run (default: CPU cores // --parallel)",
-    )
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild results.jsonl and the report from finished runs")
     args = parser.parse_args(argv)
     if args.report_only:
-        from set_lightning.report import make_report
-
-        spec = load_spec(args.spec)
-        rows = collect_results(expand(spec, args.out))
-        if not rows:
-            raise UserError(f"no finished runs of {spec.name} under {args.out}")
-        make_report(rows, reference=spec.reference, out_dir=Path(args.out) / spec.name, title=spec.name)
+        report_only(args.spec, args.out)
         return
-    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads)
+    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads,
+              backend=args.backend, detach=args.detach, poll_s=2.0 if args.backend != "slurm" else 30.0)
 
 
 if __name__ == "__main__":
