@@ -86,8 +86,8 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     old, old_kept = config_identity(resolver.resolve(["--model.lr=0.01"]))
     new, new_kept = config_identity(resolver.resolve(["--model.lr=0.02"]))
     write_identity(tmp_path, old, old_kept)
-    assert stale_error(tmp_path, "checkpoints", old, old_kept) is None
-    err = stale_error(tmp_path, "checkpoints", new, new_kept)
+    assert stale_error(tmp_path, "checkpoints", old, old, old_kept) is None
+    err = stale_error(tmp_path, "checkpoints", old, new, new_kept)
     assert err is not None and "model.lr: 0.01 -> 0.02" in str(err) and "checkpoints" in str(err)
 
 

@@ -170,18 +170,23 @@ def write_identity(run_dir: Path, identity: str, kept: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RESOLVED_FILE, {"config_sha256": identity, "config": kept})
 
 
-def stale_error(run_dir: Path, what: str, identity: str, kept: dict[str, Any]) -> Optional[UserError]:
-    """The error for ``run_dir`` holding ``what`` (a finished run, checkpoints) of another configuration.
-
-    ``None`` when the recorded identity is ``identity``.
-    """
+def recorded_identity(run_dir: Path) -> dict[str, Any]:
+    """``{"config_sha256", "config"}`` recorded in ``run_dir`` by the worker (empty when none is)."""
     recorded = read_json(Path(run_dir) / RESOLVED_FILE)
-    recorded = recorded if isinstance(recorded, dict) else {}
-    result = read_result(run_dir)
-    sha = (result or {}).get("config_sha256") if what == "a finished run" else recorded.get("config_sha256")
-    if sha == identity:
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def stale_error(
+    run_dir: Path, what: str, found: Optional[str], identity: str, kept: dict[str, Any]
+) -> Optional[UserError]:
+    """The error for ``run_dir`` holding ``what`` (a finished run, checkpoints) made with identity ``found``.
+
+    ``None`` when ``found`` is ``identity``; else the error names the fields that changed.
+    """
+    if found == identity:
         return None
-    changes = config_changes(recorded["config"], kept) if isinstance(recorded.get("config"), dict) else []
+    old = recorded_identity(run_dir).get("config")
+    changes = config_changes(old, kept) if isinstance(old, dict) else []
     detail = "; ".join(changes) if changes else "made before runs recorded their resolved config"
     return UserError(
         f"{run_dir} holds {what} made with another configuration ({detail}); pass another --out or delete "
@@ -196,12 +201,13 @@ def finished_result(run_dir: Path, identity: str, kept: dict[str, Any]) -> Optio
         UserError: the run directory holds a result of another configuration (a changed
             ``defaults.yaml``, config file or argument): it is never silently reused.
     """
-    if read_result(run_dir) is None:
+    result = read_result(run_dir)
+    if result is None:
         return None
-    err = stale_error(run_dir, "a finished run", identity, kept)
+    err = stale_error(run_dir, "a finished run", result.get("config_sha256"), identity, kept)
     if err is not None:
         raise err
-    return read_result(run_dir)
+    return result
 
 
 # ---------------------------------------------------------------------- job records

@@ -26,6 +26,7 @@ from set_lightning.experiments.records import (
     RESULT_FILE,
     config_identity,
     dump_config,
+    recorded_identity,
     stale_error,
     write_identity,
     write_json,
@@ -96,7 +97,7 @@ def run(
     identity, kept = config_identity(dump_config(cli.parser, cli.config))
     resume = newest_checkpoint(run_dir)
     if resume is not None:  # never resume from checkpoints of another configuration
-        err = stale_error(run_dir, "checkpoints", identity, kept)
+        err = stale_error(run_dir, "checkpoints", recorded_identity(run_dir).get("config_sha256"), identity, kept)
         if err is not None:
             raise err
     write_identity(run_dir, identity, kept)
