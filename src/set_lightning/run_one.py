@@ -12,20 +12,16 @@ submitted as its own job to a cluster scheduler, and run as a DDP job with
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from set_lightning.files import write_text_atomic
+
+__all__ = ["RESULT_FILE", "PER_TRAJ_FILE", "config_digests", "read_result", "run_one", "write_text_atomic"]
+
 RESULT_FILE = "result.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half-written."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def config_digests(cli_args: Sequence[str], root: str | Path = ".") -> dict[str, str]:
@@ -61,19 +57,18 @@ def run_one(run_dir: str | Path, cli_args: Sequence[str], callbacks: Sequence[An
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     digests = config_digests(cli_args)
-    args = [
+    args = [  # the logger's run directory is run_dir itself: <save_dir>/<name>/<version>
         *cli_args,
         f"--trainer.default_root_dir={run_dir}",
         "--trainer.logger.class_path=lightning.pytorch.loggers.TensorBoardLogger",
-        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
-        f"--trainer.logger.init_args.name={run_dir.name}",
-        "--trainer.logger.init_args.version=tb",
+        f"--trainer.logger.init_args.save_dir={run_dir.parent.parent}",
+        f"--trainer.logger.init_args.name={run_dir.parent.name}",
+        f"--trainer.logger.init_args.version={run_dir.name}",
         "--trainer.logger.init_args.default_hp_metric=false",
     ]
     cli = make_cli(args=args, run=False, trainer_defaults={"callbacks": list(callbacks)} if callbacks else {})
     trainer = cli.trainer
     ckpt_cb = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
-    ckpt_cb.dirpath = str(run_dir / "checkpoints")
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.is_file() else None
 
