@@ -13,8 +13,15 @@ change) says::
       no_equivariance: {model.net.init_args.equivariant: false}
       egnn: {config: conf/egnn.yaml}
     grid: {data.n_particles: [5, 20]} # optional: every variant at every grid point
+    vary_data_seed: false             # optional: true also sets data.seed to each seed
 
-Each (variant, grid point, seed) is one run directory ``<out>/<name>/<run id>/seed_<s>`` trained and
+The seeds vary ``seed_everything``: the model's initial weights, the order of the training batches
+and dropout. The data set (which trajectories are simulated for train / val / test) is fixed by
+``data.seed`` and is the same for every seed, so all runs are scored on the same test trajectories;
+``vary_data_seed: true`` draws a new data set per seed as well (then the seeds also vary the data).
+
+Every key is checked against the configuration schema before any run starts (a typo names the
+key and the closest valid one). Each (variant, grid point, seed) is one run directory ``<out>/<name>/<run id>/seed_<s>`` trained and
 tested by :mod:`set_lightning.run_one` in its own process. Finished runs (with ``result.json``) are
 skipped, so a sweep killed half-way resumes without losing or redoing finished runs; an interrupted
 run resumes from its ``last.ckpt``. Results: ``<out>/<name>/results.jsonl`` (one row per run) and the
@@ -30,17 +37,26 @@ import os
 import shlex
 import subprocess
 import sys
+import difflib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import yaml
 
 from set_lightning.errors import UserError
 from set_lightning.run_one import config_digests, read_result, write_text_atomic
 
-SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid"}
+SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid", "vary_data_seed"}
+
+
+class Schema(Protocol):
+    """What the sweep needs of the CLI's configuration schema (:class:`set_lightning.cli.ConfigSchema`)."""
+
+    def check_key(self, key: str, args: Sequence[str], where: str) -> None: ...
+
+    def parse(self, args: Sequence[str], where: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
+    vary_data_seed: bool = False
 
 
 def _fail(path: Path, msg: str) -> UserError:
@@ -118,9 +135,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise _fail(path, f"not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise _fail(path, "must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
-    unknown = set(raw) - SPEC_KEYS
+    unknown = sorted(set(raw) - SPEC_KEYS)
     if unknown:
-        raise _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        close = difflib.get_close_matches(str(unknown[0]), sorted(SPEC_KEYS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise _fail(path, f"unknown key(s) {unknown}{hint} (allowed: {sorted(SPEC_KEYS)})")
+    if not isinstance(raw.get("vary_data_seed", False), bool):
+        raise _fail(path, f"vary_data_seed must be true or false, got {raw['vary_data_seed']!r}")
     base = raw.get("base", [])
     base = [base] if isinstance(base, str) else list(base or [])
     seeds = raw.get("seeds", [0])
@@ -159,6 +180,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         overrides=overrides,
         grid=grid,
         description=str(raw.get("description", "")),
+        vary_data_seed=bool(raw.get("vary_data_seed", False)),
     )
 
 
@@ -207,9 +229,29 @@ def expand(spec: SweepSpec, out_dir: str | Path) -> list[Run]:
                 args += _overrides_to_args(spec.overrides)
                 args += _overrides_to_args(variant)
                 args += _overrides_to_args(dict(grid_point))
-                args += [f"--seed_everything={seed}"]
+                args += [f"--seed_everything={seed}"] + ([f"--data.seed={seed}"] if spec.vary_data_seed else [])
                 runs.append(Run(vname, grid_point, seed, tuple(args), out / group / f"seed_{seed}", root))
     return runs
+
+
+def check_keys(spec: SweepSpec, runs: Sequence[Run], schema: Schema) -> None:
+    """Check every key of the ablation file against ``schema``, and parse each run group's arguments.
+
+    Raises:
+        UserError: naming the file, where the key is (``overrides``, ``grid`` or the variant), the key
+            and the closest valid one; or a value the configuration does not accept.
+    """
+    seen = set()
+    for run in runs:
+        if run.group in seen:
+            continue
+        seen.add(run.group)
+        variant = {k: v for k, v in spec.variants[run.variant].items() if k != "config"}
+        for where, keys in (("overrides", spec.overrides), ("grid", spec.grid), (f"variant '{run.variant}'", variant)):
+            for key in keys:
+                others = [a for a in run.cli_args if not a.startswith(f"--{key}=")]
+                schema.check_key(str(key), others, f"{spec.path}: {where}")
+        schema.parse(run.cli_args, f"{spec.path}: {run.group}")
 
 
 def _execute(run: Run, threads: int) -> tuple[Run, Optional[dict[str, Any]], str]:
@@ -251,14 +293,20 @@ def run_sweep(
     print_commands: bool = False,
     report: bool = True,
     threads: Optional[int] = None,
+    schema: Optional[Schema] = None,
 ) -> list[dict[str, Any]]:
-    """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report."""
+    """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report.
+
+    With ``schema``, every key and run is checked first (:func:`check_keys`), before anything starts.
+    """
     from set_lightning.report import make_report
 
     spec = load_spec(spec_path)
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
     runs = expand(spec, out_dir)
+    if schema is not None:
+        check_keys(spec, runs, schema)
     todo = [r for r in runs if r.finished() is None]
     sweep_dir = Path(out_dir) / spec.name
     if print_commands:
@@ -294,15 +342,64 @@ def run_sweep(
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl`` file.
+
+    Raises:
+        UserError: the file is missing or a line is not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--results: no such file: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"--results: {path} line {n} is not JSON ({err.msg})") from None
+    return rows
+
+
+def report_only(spec_path: str | Path, out_dir: str | Path, results: Optional[str | Path] = None) -> Path:
+    """Rebuild the report without running anything; return the folder it was written to.
+
+    From ``results`` (a ``results.jsonl`` file; the report goes beside it) when given; else from the
+    finished run directories under ``out_dir`` (rewriting ``<out>/<name>/results.jsonl``), or, when
+    there are none, from that ``results.jsonl`` alone.
+    """
+    from set_lightning.report import make_report
+
+    spec = load_spec(spec_path)
+    if results is not None:
+        rows, folder = read_results(results), Path(results).parent
+    else:
+        folder = Path(out_dir) / spec.name
+        rows = collect_results(expand(spec, out_dir))
+        if rows:
+            write_results(rows, folder / "results.jsonl")
+        elif (folder / "results.jsonl").is_file():
+            rows = read_results(folder / "results.jsonl")
+    if not rows:
+        raise UserError(f"no finished runs of {spec.name} under {out_dir} and no {folder / 'results.jsonl'}; "
+                        "pass --results FILE to report a results.jsonl from elsewhere")
+    make_report(rows, reference=spec.reference, out_dir=folder, title=spec.name)
+    return folder
+
+
+def main(argv: Optional[Sequence[str]] = None, schema: Optional[Callable[[], Schema]] = None,
+         prog: str = "python -m set_lightning") -> None:
+    """``<prog> sweep ...``; ``schema`` builds the configuration schema the keys are checked against."""
     parser = argparse.ArgumentParser(
-        prog="python -m set_lightning sweep",
-        description="Run an ablation sweep (every variant x grid point x seed), resumably, and report it.",
+        prog=f"{prog} sweep",
+        description="Run an ablation sweep (every variant x grid point x seed), resumably, and report it. "
+                    "Every key of the ablation file is checked against the configuration before any run starts.",
     )
     parser.add_argument("spec", help="ablation file, e.g. ablations/paper_n5_cpu.yaml")
     parser.add_argument("--out", default="runs/sweeps", help="root folder for run directories (default: runs/sweeps)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once on this machine (default 1)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands; run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every key and run, list the runs and their commands; run nothing")
     parser.add_argument(
         "--print-commands",
         action="store_true",
@@ -312,18 +409,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--threads", type=int, default=None,
         help="torch threads per run (default: CPU cores // --parallel)",
     )
-    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild the report: from the finished runs under --out, or from --results")
+    parser.add_argument("--results", default=None,
+                        help="with --report-only: a results.jsonl to report (e.g. results/paper_n5_cpu/results.jsonl); "
+                             "the report is written beside it")
     args = parser.parse_args(argv)
+    if args.results and not args.report_only:
+        raise UserError("--results is only used with --report-only")
     if args.report_only:
-        from set_lightning.report import make_report
-
-        spec = load_spec(args.spec)
-        rows = collect_results(expand(spec, args.out))
-        if not rows:
-            raise UserError(f"no finished runs of {spec.name} under {args.out}")
-        make_report(rows, reference=spec.reference, out_dir=Path(args.out) / spec.name, title=spec.name)
+        report_only(args.spec, args.out, args.results)
         return
-    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads)
+    run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads,
+              schema=schema() if schema is not None else None)
 
 
 if __name__ == "__main__":
