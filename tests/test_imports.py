@@ -17,10 +17,12 @@ LAYERS = {
     "set_lightning.lightning_cli": 2,
     "set_lightning.lit": 3,
     "set_lightning.callbacks": 3,
+    "set_lightning.checkpoints": 3,
     "set_lightning.models": 4,
     "set_lightning.data": 4,
     "set_lightning.errors": 5,
-    "set_lightning": 6,  # the package's own __init__ (version only)
+    "set_lightning.files": 5,
+    "set_lightning": 6,  # the package's own __init__ (version, program name)
 }
 
 

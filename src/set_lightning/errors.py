@@ -2,9 +2,9 @@
 
 The bottom of the package: it imports nothing from ``set_lightning``. Config checks everywhere
 (data module, Lightning module, models, callbacks, sweeps) raise :class:`UserError`; the entry
-point runs commands through :func:`run_with_clean_errors`, which shows those (and the command-line
-parser's errors) as one ``error: ...`` line. Any other exception, a ``ValueError`` from a bug
-included, keeps its traceback.
+point runs commands through :func:`run_with_clean_errors`, which shows those, the command-line
+parser's errors and Lightning's verdicts on trainer settings as one ``error: ...`` line. Any other
+exception, a ``ValueError`` from a bug included, keeps its traceback.
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ class UserError(ValueError):
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from argparse import ArgumentError  # jsonargparse's parse errors (exit_on_error=False)
 
-    return (UserError, ArgumentError)
+    types: tuple[type[BaseException], ...] = (UserError, ArgumentError, PermissionError)
+    try:  # Lightning's verdict on a trainer setting (e.g. max_epochs -3)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:
+        return types
+    return (*types, MisconfigurationException)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     """The message of ``err`` folded onto one line."""
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
     if "unrecognized arguments" in text or "No action for key" in text:
@@ -64,7 +69,7 @@ def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], 
         cause = _root_user_error(err)
         if cause is None:
             raise
-        text = _one_line(cause)
+        text = one_line(cause)
         print(f"error: {hint(text) if hint else text}", file=sys.stderr)
         return 1
     return 0

@@ -93,5 +93,5 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
 
 def test_a_sweep_argument_that_does_not_parse_names_the_variant(tmp_path):
     path = write_spec(tmp_path, {"name": "s", "seeds": [0], "variants": {"typo": {"model.lrr": 0.1}}})
-    with pytest.raises(UserError, match="variant typo.*lrr"):
+    with pytest.raises(UserError, match="variant 'typo': unknown key 'model.lrr'; did you mean 'model.lr'"):
         plan(load_spec(path), tmp_path / "out")

@@ -38,6 +38,8 @@ from set_lightning.data.simulator import (
     sample_initial_conditions,
     simulate_charged,
 )
+from set_lightning.errors import UserError
+from set_lightning.files import unwritable_reason
 
 __all__ = [
     "FORMAT_VERSION",
@@ -272,10 +274,20 @@ def load_or_generate(spec: TrajectorySpec, cache_dir: str | os.PathLike) -> Traj
 
     Returns:
         :class:`Trajectories` (float64, CPU).
+
+    Raises:
+        UserError: the split must be simulated but ``cache_dir`` is not writable (checked before
+            simulating, so no minutes are spent on data that cannot be kept).
     """
     path = Path(cache_dir) / spec.filename()
     data = load_trajectories(path, spec)
     if data is None:
+        reason = unwritable_reason(cache_dir)
+        if reason is not None:
+            raise UserError(
+                f"cache_dir: the {spec.split} split ({spec.count} trajectories) must be simulated and cached in "
+                f"{cache_dir}, but {reason}; choose a writable cache_dir"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         seen = _file_state(path)
         # one process simulates a split; the others asking for it meanwhile wait, then load its file

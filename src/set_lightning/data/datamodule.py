@@ -13,12 +13,14 @@ from set_lightning.errors import UserError
 __all__ = ["NBodyDataModule", "validate_nbody_params"]
 
 SPLITS = ("train", "val", "test")
-_STAGE_SPLITS = {
+#: the simulated splits each stage reads (predict reads the test split)
+STAGE_SPLITS = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
     "predict": ("test",),
 }
+COUNT_FIELDS = {"train": "n_train", "val": "n_val", "test": "n_test"}
 
 
 def validate_nbody_params(
@@ -124,7 +126,8 @@ class NBodyDataModule(pl.LightningDataModule):
             input_frame=input_frame, target_frame=target_frame, batch_size=batch_size,
             num_workers=num_workers, steps=steps, sample_freq=sample_freq, dt=dt,
         )
-        self.save_hyperparameters()
+        # kept in checkpoints (test/predict of a checkpoint reuse them); the module logs them itself
+        self.save_hyperparameters(logger=False)
         self.n_particles = n_particles
         self.counts = {"train": n_train, "val": n_val, "test": n_test}
         self.history = history
@@ -155,25 +158,44 @@ class NBodyDataModule(pl.LightningDataModule):
         """Full float64 trajectories of ``split`` (from the cache, generated on a miss)."""
         return load_or_generate(self.spec(split), self.cache_dir)
 
+    def splits_for(self, stage: str | None) -> tuple[str, ...]:
+        """The splits ``stage`` reads (all three when ``None``).
+
+        Raises:
+            UserError: one of them has no trajectories (names ``n_train``, ``n_val`` or ``n_test``).
+        """
+        if stage is None:
+            return SPLITS
+        splits = STAGE_SPLITS.get(stage, SPLITS)
+        for split in splits:
+            if self.counts[split] < 1:
+                field = COUNT_FIELDS[split]
+                raise UserError(f"{field} must be >= 1 to {stage} (it reads the {split} split), got {self.counts[split]}")
+        return splits
+
     def prepare_data(self) -> None:
-        """Simulate and cache every split that is not cached yet (rank 0 only under DDP)."""
-        for split in SPLITS:
+        """Simulate and cache the splits the trainer's stage reads (all when used without a trainer).
+
+        Runs on rank 0 only under DDP, before the trainer creates its log directory, so a bad count or
+        an unwritable ``cache_dir`` fails before anything is written.
+        """
+        state = self.trainer.state.fn if self.trainer is not None else None
+        for split in self.splits_for(state.value if state is not None else None):
             self.trajectories(split)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits ``stage`` needs (all when None) into memory."""
-        splits = SPLITS if stage is None else _STAGE_SPLITS.get(stage, SPLITS)
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = NBodyDataset(
-                    self.trajectories(split), self.history, self.input_frame, self.target_frame
-                )
+        """Load the splits ``stage`` needs (all when None) into memory; predict's keeps the true paths."""
+        for split in self.splits_for(stage):
+            name = "predict" if stage == "predict" else split
+            if name not in self.datasets:
+                self.datasets[name] = NBodyDataset(self.trajectories(split), self.history, self.input_frame,
+                                                   self.target_frame, with_path=name == "predict")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.setup(next(stage for stage, splits in _STAGE_SPLITS.items() if split in splits))
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(name, name))
         return DataLoader(
-            self.datasets[split],
+            self.datasets[name],
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -194,5 +216,5 @@ class NBodyDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in order."""
-        return self._loader("test", shuffle=False)
+        """The test split, in order, with the true paths (``x_path``)."""
+        return self._loader("predict", shuffle=False)

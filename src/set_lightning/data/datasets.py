@@ -29,19 +29,22 @@ class NBodyDataset(Dataset):
         history: number of input frames ``L`` (>= 1).
         input_frame: last input frame (0-indexed into the ``T`` saved frames).
         target_frame: frame to predict (> ``input_frame``).
+        with_path: also serve ``"x_path"``, the simulated positions of the frames ``input_frame ..
+            target_frame`` (what a plot of the true trajectory needs; the predict split has it).
 
     Each item is a dict of float32 tensors: ``"x"`` and ``"v"``: ``(L, N, 3)`` (frames
     ``input_frame - L + 1 .. input_frame``), ``"charges"``: ``(N, 1)``, ``"x_target"`` and
     ``"v_target"``: ``(N, 3)``, ``"min_dist"``: ``()``, the smallest distance between two particles
     over the saved frames ``input_frame .. target_frame`` (where the error of a trajectory comes
-    from: close encounters, see :data:`CLOSE_ENCOUNTER`).
+    from: close encounters, see :data:`CLOSE_ENCOUNTER`), and with ``with_path`` ``"x_path"``.
 
     Shapes (of a batch; items drop ``B``):
         x, v: ``(B, L, N, 3)``; charges: ``(B, N, 1)``; x_target, v_target: ``(B, N, 3)``;
-        min_dist: ``(B,)``.
+        min_dist: ``(B,)``; x_path: ``(B, K, N, 3)`` with ``K = target_frame - input_frame + 1``.
     """
 
-    def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int) -> None:
+    def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int,
+                 with_path: bool = False) -> None:
         n_frames = trajectories.x.shape[1]
         first = input_frame - history + 1
         if history < 1 or first < 0:
@@ -59,13 +62,15 @@ class NBodyDataset(Dataset):
         self.charges: Tensor = trajectories.charges.to(torch.float32).contiguous()
         self.x_target: Tensor = trajectories.x[:, target_frame].to(torch.float32).contiguous()
         self.v_target: Tensor = trajectories.v[:, target_frame].to(torch.float32).contiguous()
-        self.min_dist: Tensor = min_pair_distance(trajectories.x[:, input_frame : target_frame + 1]).to(torch.float32)
+        path = trajectories.x[:, input_frame : target_frame + 1]
+        self.min_dist: Tensor = min_pair_distance(path).to(torch.float32)
+        self.x_path: Tensor | None = path.to(torch.float32).contiguous() if with_path else None
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {
+        item = {
             "x": self.x[index],
             "v": self.v[index],
             "charges": self.charges[index],
@@ -73,6 +78,9 @@ class NBodyDataset(Dataset):
             "v_target": self.v_target[index],
             "min_dist": self.min_dist[index],
         }
+        if self.x_path is not None:
+            item["x_path"] = self.x_path[index]
+        return item
 
 
 def min_pair_distance(x: Tensor) -> Tensor:

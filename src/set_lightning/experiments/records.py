@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from set_lightning.errors import UserError
+from set_lightning.files import write_text_atomic
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "run.json"
@@ -50,21 +51,15 @@ NON_RESULT_FIELDS = (
     "data.cache_dir",
     "data.num_workers",
 )
-#: callbacks that only report: progress bars, model summaries, the learning-rate monitor, prediction files
+#: callbacks that only report: progress bars, model summaries, the learning-rate monitor, prediction
+#: files, the metrics CSV (and their subclasses)
 NON_RESULT_CALLBACKS = (
     "lightning.pytorch.callbacks.ProgressBar",
     "lightning.pytorch.callbacks.ModelSummary",
     "lightning.pytorch.callbacks.LearningRateMonitor",
     "lightning.pytorch.callbacks.BasePredictionWriter",
+    "set_lightning.callbacks.MetricsCSV",
 )
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half-written."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -143,26 +138,25 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> 
 
 
 class ConfigResolver:
-    """Resolves runs' arguments to their full configurations with one parser.
+    """Resolves runs' arguments to their full configurations with one parse-only CLI.
 
-    The parser reads the packaged ``conf/defaults.yaml`` when it is built (one resolver per sweep).
+    It reads the packaged ``conf/defaults.yaml`` when it is built (one resolver per sweep);
+    ``schema`` (:class:`~set_lightning.lightning_cli.ConfigSchema`) also checks a sweep's keys.
     """
 
     def __init__(self) -> None:
-        from set_lightning.lightning_cli import config_parser
+        from set_lightning.lightning_cli import ConfigSchema
 
-        self.parser = config_parser()
+        self.schema = ConfigSchema()
 
     def resolve(self, cli_args: Sequence[str], label: str = "") -> dict[str, Any]:
-        """The resolved configuration of ``fit`` with ``cli_args``, as plain JSON values."""
-        from argparse import ArgumentError
+        """The resolved configuration of ``fit`` with ``cli_args``, as plain JSON values.
 
-        try:
-            cfg = self.parser.parse_args(list(cli_args))
-        except ArgumentError as err:
-            text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            raise UserError(f"{label}: {text}" if label else text) from err
-        return dump_config(self.parser, cfg)
+        Raises:
+            UserError: the arguments do not parse (prefixed with ``label``).
+        """
+        cfg = self.schema.parse(list(cli_args), label or "arguments")
+        return dump_config(self.schema.parser, cfg)
 
 
 def write_identity(run_dir: Path, identity: str, kept: dict[str, Any]) -> None:

@@ -13,7 +13,13 @@ change) says::
       no_equivariance: {model.net.init_args.equivariant: false}
       egnn: {config: conf/egnn.yaml}
     grid: {data.n_particles: [5, 20]} # optional: every variant at every grid point
+    vary_data_seed: false             # optional: true also sets data.seed to each seed
     slurm: {partition: gpu, time_min: 240}   # optional: cluster settings for --backend slurm
+
+The seeds vary ``seed_everything``: the model's initial weights, the order of the training batches
+and dropout. The data set (which trajectories are simulated for train / val / test) is fixed by
+``data.seed`` and is the same for every seed, so all runs are scored on the same test trajectories;
+``vary_data_seed: true`` draws a new data set per seed as well (then the seeds also vary the data).
 
 Each (variant, grid point, seed) is one :class:`RunSpec`: plain data (config files, overrides,
 seed, run directory) that the runners hand to the worker as an object, or as ``run.json`` in the
@@ -22,9 +28,10 @@ run directory for a job on another machine.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,7 +40,8 @@ import yaml
 from set_lightning.errors import UserError
 from set_lightning.experiments.records import SPEC_FILE, read_json, write_json
 
-SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid", "slurm"}
+SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid", "vary_data_seed",
+             "slurm"}
 #: keys of an ablation file's ``slurm`` section -> submitit AutoExecutor parameters
 SLURM_KEYS = {
     "partition": "slurm_partition",
@@ -128,6 +136,7 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
+    vary_data_seed: bool = False
     slurm: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,9 +164,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise _fail(path, f"not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise _fail(path, "must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
-    unknown = set(raw) - SPEC_KEYS
+    unknown = sorted(set(raw) - SPEC_KEYS)
     if unknown:
-        raise _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        close = difflib.get_close_matches(str(unknown[0]), sorted(SPEC_KEYS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise _fail(path, f"unknown key(s) {unknown}{hint} (allowed: {sorted(SPEC_KEYS)})")
+    if not isinstance(raw.get("vary_data_seed", False), bool):
+        raise _fail(path, f"vary_data_seed must be true or false, got {raw['vary_data_seed']!r}")
     base = raw.get("base", [])
     base = [base] if isinstance(base, str) else list(base or [])
     seeds = raw.get("seeds", [0])
@@ -200,6 +213,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         overrides=overrides,
         grid=grid,
         description=str(raw.get("description", "")),
+        vary_data_seed=bool(raw.get("vary_data_seed", False)),
         slurm=slurm,
     )
 
@@ -251,6 +265,9 @@ def expand(spec: SweepSpec, out_dir: str | Path) -> list[RunSpec]:
         for vname, variant in spec.variants.items():
             group = vname + (f"__{_slug(grid_point)}" if grid_point else "")
             for seed in spec.seeds:
-                runs.append(variant_run(variant, vname, seed, out / group / f"seed_{seed}", spec.root,
-                                        spec.base, spec.overrides, grid_point))
+                run = variant_run(variant, vname, seed, out / group / f"seed_{seed}", spec.root, spec.base,
+                                  spec.overrides, grid_point)
+                if spec.vary_data_seed:  # last: the seed decides the data set too
+                    run = replace(run, overrides=(*run.overrides, ("data.seed", seed)))
+                runs.append(run)
     return runs

@@ -1,7 +1,9 @@
 """Ablation sweeps: ``python -m set_lightning sweep ablations/<file>.yaml [--backend local|slurm] ...``.
 
-The file (:mod:`set_lightning.experiments.spec`) expands to one run per (variant, grid point, seed),
-each in its own directory ``<out>/<name>/<run id>/seed_<s>``, trained and tested by the worker
+The file (:mod:`set_lightning.experiments.spec`) expands to one run per (variant, grid point, seed);
+every key is checked against the configuration schema before any run starts (a typo names the key
+and the closest valid one). Each run lives
+in its own directory ``<out>/<name>/<run id>/seed_<s>``, trained and tested by the worker
 (:mod:`set_lightning.experiments.worker`). Each run's identity is the hash of its resolved config
 (:mod:`set_lightning.experiments.records`): a finished run with the same identity is skipped, one
 made with another config (an edited ``defaults.yaml``, config file or argument) is refused; an
@@ -19,6 +21,7 @@ the order runs finish) and the report (``report.md``, ``report.png``; :mod:`set_
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -58,17 +61,39 @@ class Planned:
         return f"job {self.job['job_id']}" if self.job is not None else "todo"
 
 
-def plan(spec: SweepSpec, out_dir: str | Path) -> list[Planned]:
-    """Every run of the sweep, resolved and checked against what its directory holds.
+def check_keys(spec: SweepSpec, runs: Sequence[RunSpec], schema: Any) -> None:
+    """Check every key of the ablation file against ``schema`` (:class:`~set_lightning.lightning_cli.ConfigSchema`).
 
     Raises:
-        UserError: a run's arguments do not parse, or a run directory holds a finished run of
-            another configuration.
+        UserError: naming the file, where the key is (``overrides``, ``grid`` or the variant), the key
+            and the closest valid one.
+    """
+    seen = set()
+    for run in runs:
+        if run.group in seen:
+            continue
+        seen.add(run.group)
+        args = run.cli_args()
+        variant = {k: v for k, v in spec.variants[run.variant].items() if k != "config"}
+        for where, keys in (("overrides", spec.overrides), ("grid", spec.grid), (f"variant '{run.variant}'", variant)):
+            for key in keys:
+                others = [a for a in args if not a.startswith(f"--{key}=")]
+                schema.check_key(str(key), others, f"{spec.path}: {where}")
+
+
+def plan(spec: SweepSpec, out_dir: str | Path) -> list[Planned]:
+    """Every run of the sweep, its keys checked, resolved, and checked against what its directory holds.
+
+    Raises:
+        UserError: an unknown key, a run's arguments that do not parse, or a run directory that holds
+            a finished run of another configuration.
     """
     resolver = ConfigResolver()
+    runs = expand(spec, out_dir)
+    check_keys(spec, runs, resolver.schema)
     planned = []
-    for run in expand(spec, out_dir):
-        config = resolver.resolve(run.cli_args(), label=f"{spec.path}: variant {run.variant}")
+    for run in runs:
+        config = resolver.resolve(run.cli_args(), label=f"{spec.path}: {run.group}")
         identity, kept = config_identity(config)
         result = finished_result(run.run_dir, identity, kept)
         job = read_job(run.run_dir) if result is None else None
@@ -190,24 +215,57 @@ def _print_commands(kind: str, spec: SweepSpec, todo: Sequence[Planned], sweep_d
         print(f"cd {shlex.quote(str(p.run.root))} && {shlex.join(worker_command(p.run))}")
 
 
-def report_only(spec_path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Rebuild ``results.jsonl`` and the report from the finished runs' directories."""
-    from set_lightning.experiments.report import make_report
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl`` file.
 
-    spec = load_spec(spec_path)
-    rows = [p.result for p in plan(spec, out_dir) if p.result is not None]
-    if not rows:
-        raise UserError(f"no finished runs of {spec.name} under {out_dir}")
-    sweep_dir = Path(out_dir) / spec.name
-    ResultsLog(sweep_dir / RESULTS_LOG).start(rows)
-    make_report(rows, reference=spec.reference, out_dir=sweep_dir, title=spec.name)
+    Raises:
+        UserError: the file is missing or a line is not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--results: no such file: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"--results: {path} line {n} is not JSON ({err.msg})") from None
     return rows
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def report_only(spec_path: str | Path, out_dir: str | Path, results: Optional[str | Path] = None) -> Path:
+    """Rebuild the report without running anything; return the folder it was written to.
+
+    From ``results`` (a ``results.jsonl`` file; the report goes beside it) when given; else from the
+    finished run directories under ``out_dir`` (rewriting ``<out>/<name>/results.jsonl``), or, when
+    there are none, from that ``results.jsonl`` alone.
+    """
+    from set_lightning.experiments.report import make_report
+
+    spec = load_spec(spec_path)
+    if results is not None:
+        rows, folder = read_results(results), Path(results).parent
+    else:
+        folder = Path(out_dir) / spec.name
+        rows = [p.result for p in plan(spec, out_dir) if p.result is not None]
+        if rows:
+            ResultsLog(folder / RESULTS_LOG).start(rows)
+        elif (folder / RESULTS_LOG).is_file():
+            rows = read_results(folder / RESULTS_LOG)
+    if not rows:
+        raise UserError(f"no finished runs of {spec.name} under {out_dir} and no {folder / RESULTS_LOG}; "
+                        "pass --results FILE to report a results.jsonl from elsewhere")
+    make_report(rows, reference=spec.reference, out_dir=folder, title=spec.name)
+    return folder
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m set_lightning") -> None:
+    """``<prog> sweep ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m set_lightning sweep",
-        description="Run an ablation sweep (every variant x grid point x seed), resumably, and report it.",
+        prog=f"{prog} sweep",
+        description="Run an ablation sweep (every variant x grid point x seed), resumably, and report it. "
+                    "Every key of the ablation file is checked against the configuration before any run starts.",
     )
     parser.add_argument("spec", help="ablation file, e.g. ablations/paper_n5_cpu.yaml")
     parser.add_argument("--out", default="runs/sweeps", help="root folder for run directories (default: runs/sweeps)")
@@ -220,17 +278,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="torch threads per run (default: CPU cores // --parallel)")
     parser.add_argument("--detach", action="store_true",
                         help="cluster backends: submit and return (collect later with --report-only)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every key and run, list the runs and their state; run nothing")
     parser.add_argument(
         "--print-commands", nargs="?", const="shell", choices=("shell", "slurm"), default=None,
         help="print one shell command per unfinished run (shell, the default), or an sbatch job-array "
              "script (slurm), for other schedulers; run nothing",
     )
     parser.add_argument("--report-only", action="store_true",
-                        help="only rebuild results.jsonl and the report from finished runs")
+                        help="only rebuild the report: from the finished runs under --out, or from --results")
+    parser.add_argument("--results", default=None,
+                        help="with --report-only: a results.jsonl to report (e.g. results/paper_n5_cpu/results.jsonl); "
+                             "the report is written beside it")
     args = parser.parse_args(argv)
+    if args.results and not args.report_only:
+        raise UserError("--results is only used with --report-only")
     if args.report_only:
-        report_only(args.spec, args.out)
+        report_only(args.spec, args.out, args.results)
         return
     run_sweep(args.spec, args.out, args.parallel, args.dry_run, args.print_commands, threads=args.threads,
               backend=args.backend, detach=args.detach, poll_s=2.0 if args.backend != "slurm" else 30.0)

@@ -30,9 +30,9 @@ from set_lightning.experiments.records import (
     stale_error,
     write_identity,
     write_json,
-    write_text_atomic,
 )
 from set_lightning.experiments.spec import RunSpec
+from set_lightning.files import write_text_atomic
 
 
 def newest_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -43,13 +43,14 @@ def newest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def _logging_args(run_dir: Path) -> list[str]:
-    """TensorBoard logs in ``run_dir/tb`` and checkpoints in ``run_dir`` (fields outside the run's identity)."""
+    """The logger's run directory is ``run_dir`` itself (``<save_dir>/<name>/<version>``): TensorBoard
+    logs, ``config.yaml`` and ``checkpoints/`` all go there (fields outside the run's identity)."""
     return [
         f"--trainer.default_root_dir={run_dir}",
         "--trainer.logger.class_path=lightning.pytorch.loggers.TensorBoardLogger",
-        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
-        f"--trainer.logger.init_args.name={run_dir.name}",
-        "--trainer.logger.init_args.version=tb",
+        f"--trainer.logger.init_args.save_dir={run_dir.parent.parent}",
+        f"--trainer.logger.init_args.name={run_dir.parent.name}",
+        f"--trainer.logger.init_args.version={run_dir.name}",
         "--trainer.logger.init_args.default_hp_metric=false",
     ]
 
@@ -102,8 +103,7 @@ def run(
             raise err
     write_identity(run_dir, identity, kept)
     trainer = cli.trainer
-    ckpt_cb = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
-    ckpt_cb.dirpath = str(run_dir / "checkpoints")
+    ckpt_cb = next(cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))  # in run_dir/checkpoints
 
     start = time.perf_counter()
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
