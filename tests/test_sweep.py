@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_helpers import REPO, kill_after_first_result, write_spec
 
-from cli_helpers import REPO
 from set_lightning.errors import UserError
 from set_lightning.experiments.report import summarise, to_markdown, welch_p_value
 from set_lightning.experiments.spec import expand, load_spec
-
-
-def _write_spec(folder: Path, spec: dict) -> Path:
-    (folder / "ablations").mkdir(parents=True, exist_ok=True)
-    path = folder / "ablations" / f"{spec.get('name', 'tiny')}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def test_shipped_ablation_files_are_valid():
@@ -44,7 +34,7 @@ def _grid_size(spec) -> int:
 
 
 def test_expand_grid_variants_seeds(tmp_path):
-    path = _write_spec(tmp_path, {
+    path = write_spec(tmp_path, {
         "name": "g", "seeds": [0, 1, 2], "reference": "a",
         "variants": {"a": {}, "b": {"model.lr": 0.01}},
         "grid": {"data.n_particles": [5, 20]},
@@ -77,7 +67,7 @@ def test_expand_grid_variants_seeds(tmp_path):
     ],
 )
 def test_bad_specs_name_the_field(tmp_path, spec, field):
-    path = _write_spec(tmp_path, {"name": "bad", **spec})
+    path = write_spec(tmp_path, {"name": "bad", **spec})
     with pytest.raises(UserError, match=field):
         load_spec(path)
 
@@ -111,7 +101,7 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
 
 
 def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
-    spec = _write_spec(tmp_path, {
+    spec = write_spec(tmp_path, {
         "name": "tiny",
         "seeds": [0, 1],
         "reference": "full",
@@ -128,14 +118,7 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
     # Start the sweep, kill it (and its worker) as soon as the first run has finished.
-    proc = subprocess.Popen(_sweep_cmd(spec, out), cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.rglob("result.json")) and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = list(out.rglob("result.json"))
+    finished = kill_after_first_result(_sweep_cmd(spec, out), tmp_path, out)
     assert len(finished) >= 1
     assert len(finished) < 4, "the sweep finished before it could be killed"
     before = {p: p.stat().st_mtime_ns for p in finished}

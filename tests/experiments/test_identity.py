@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from cli_helpers import write_spec
 
 from set_lightning import lightning_cli
 from set_lightning.errors import UserError
@@ -18,7 +19,6 @@ from set_lightning.experiments.records import (
 )
 from set_lightning.experiments.spec import load_spec
 from set_lightning.experiments.sweep import plan
-from sweep_helpers import write_spec
 
 
 def _finish(planned) -> None:

@@ -8,13 +8,14 @@ import threading
 import time
 
 import pytest
+from cli_helpers import TINY, write_spec
 
 from set_lightning.errors import UserError
 from set_lightning.experiments import local
 from set_lightning.experiments.records import ResultsLog, job_active, write_job
 from set_lightning.experiments.spec import RunSpec, load_spec
-from set_lightning.experiments.sweep import Progress, main as sweep_main, plan
-from sweep_helpers import TINY, write_spec
+from set_lightning.experiments.sweep import Progress, plan
+from set_lightning.experiments.sweep import main as sweep_main
 
 
 def test_gpu_slices_give_each_run_its_own_gpus():

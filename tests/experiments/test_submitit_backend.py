@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY, kill_after_first_result, write_spec
 
 from set_lightning.experiments.records import read_job
-from sweep_helpers import TINY, write_spec
 
 pytest.importorskip("submitit")
 
@@ -35,14 +34,7 @@ def test_kill_after_the_first_finished_run_then_resume_redoes_nothing(tmp_path, 
     })
     out = tmp_path / "runs"
     # submit all four runs (four local jobs at once); kill the sweep and its jobs when one has finished
-    proc = subprocess.Popen(_sweep(spec, out), cwd=tmp_path, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(out.rglob("result.json")) and proc.poll() is None:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = list(out.rglob("result.json"))
+    finished = kill_after_first_result(_sweep(spec, out), tmp_path, out)
     assert 1 <= len(finished) < 4, "the sweep finished before it could be killed"
     before = {p: p.stat().st_mtime_ns for p in finished}
     jobs = {p.parent: read_job(p.parent)["job_id"] for p in out.rglob("job.json")}

@@ -11,13 +11,13 @@ from dataclasses import replace
 import lightning.pytorch as pl
 import pytest
 import torch
+from cli_helpers import TINY
 from lightning.pytorch.callbacks import Callback
 
 from set_lightning.experiments import slurm, worker
 from set_lightning.experiments.records import ConfigResolver, config_identity
 from set_lightning.experiments.spec import variant_run
 from set_lightning.lightning_cli import make_cli
-from sweep_helpers import TINY
 
 
 class Preempted(Exception):
