@@ -247,11 +247,13 @@ def check_keys(spec: SweepSpec, runs: Sequence[Run], schema: Schema) -> None:
             continue
         seen.add(run.group)
         variant = {k: v for k, v in spec.variants[run.variant].items() if k != "config"}
+        # config files are relative to the folder the run executes in
+        args = [f"--config={run.root / a.split('=', 1)[1]}" if a.startswith("--config=") else a for a in run.cli_args]
         for where, keys in (("overrides", spec.overrides), ("grid", spec.grid), (f"variant '{run.variant}'", variant)):
             for key in keys:
-                others = [a for a in run.cli_args if not a.startswith(f"--{key}=")]
+                others = [a for a in args if not a.startswith(f"--{key}=")]
                 schema.check_key(str(key), others, f"{spec.path}: {where}")
-        schema.parse(run.cli_args, f"{spec.path}: {run.group}")
+        schema.parse(args, f"{spec.path}: {run.group}")
 
 
 def _execute(run: Run, threads: int) -> tuple[Run, Optional[dict[str, Any]], str]:
