@@ -68,13 +68,14 @@ def _build_cli_class():
         the new invocation goes beside it as ``config_<resume|test|validate|predict>_<k>.yaml``."""
 
         def setup(self, trainer, pl_module, stage: str) -> None:
-            if not self.already_saved and trainer.log_dir is not None:
+            log_dir = trainer.log_dir if not self.already_saved else None  # collective: on every rank
+            if log_dir is not None:
                 name = "config.yaml"
-                if trainer.is_global_zero and (Path(trainer.log_dir) / name).is_file():
+                if trainer.is_global_zero and (Path(log_dir) / name).is_file():
                     stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
                     kind = "resume" if stage == "fit" else stage
                     k = 1
-                    while (Path(trainer.log_dir) / f"config_{kind}_{k}.yaml").exists():
+                    while (Path(log_dir) / f"config_{kind}_{k}.yaml").exists():
                         k += 1
                     name = f"config_{kind}_{k}.yaml"
                 self.config_filename = trainer.strategy.broadcast(name)
@@ -205,9 +206,10 @@ def _build_cli_class():
         def _report(self, sub: str) -> None:
             """Where the run went and what it got."""
             trainer = self.trainer
+            log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
             if not trainer.is_global_zero:
                 return
-            rows = [("run directory", str(trainer.log_dir))]
+            rows = [("run directory", str(log_dir))]
             cb = trainer.checkpoint_callback
             best, score, monitor = (cb.best_model_path or None, cb.best_model_score, cb.monitor) if cb else (
                 None, None, "val/pos_mse")
