@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,99 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     assert (out / "tiny" / "report.png").stat().st_size > 1000
     # TensorBoard: one run directory per config/seed, with event files.
     assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
+
+
+
+@pytest.fixture(scope="module")
+def schema():
+    from set_lightning.lightning_cli import ConfigSchema
+
+    return ConfigSchema()
+
+
+def test_shipped_ablation_files_pass_the_key_check(schema):
+    from set_lightning.experiments.sweep import check_keys
+
+    for f in sorted((REPO / "ablations").glob("*.yaml")):
+        spec = load_spec(f)
+        check_keys(spec, expand(spec, "runs/sweeps"), schema)
+
+
+@pytest.mark.parametrize(
+    "variant, key, closest",
+    [
+        ({"model.net.init_args.temporal_atention": False}, "model.net.init_args.temporal_atention",
+         "model.net.init_args.temporal_attention"),
+        ({"confg": "conf/egnn.yaml"}, "confg", "config"),
+        ({"data.n_particle": 20}, "data.n_particle", "data.n_particles"),
+        # EGNN's keys are checked against EGNN, not SET: n_blocks is SET's
+        ({"config": "conf/egnn.yaml", "model.net.init_args.n_blocks": 2}, "model.net.init_args.n_blocks",
+         "model.net.init_args.n_layers"),
+    ],
+)
+def test_dry_run_names_a_typo_and_the_closest_key_before_any_run(tmp_path, monkeypatch, variant, key, closest):
+    from set_lightning.experiments import local, sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf").symlink_to(REPO / "conf")
+    path = write_spec(tmp_path, {"name": "typo", "seeds": [0], "overrides": {"trainer.max_epochs": 1},
+                                  "variants": {"full": {}, "bad": variant}})
+    started = []
+    monkeypatch.setattr(local, "_execute", lambda *a: started.append(a))
+    for dry in ([], ["--dry-run"]):
+        with pytest.raises(UserError) as err:
+            sweep.main([str(path), "--out", str(tmp_path / "out"), *dry])
+        message = str(err.value)
+        assert f"unknown key '{key}'" in message and f"did you mean '{closest}'" in message and "variant 'bad'" in message
+    assert not started and not (tmp_path / "out").exists()
+
+
+def test_a_bad_value_fails_before_any_run(tmp_path):
+    from set_lightning.experiments import sweep
+
+    path = write_spec(tmp_path, {"name": "v", "seeds": [0], "variants": {"a": {"trainer.max_epochs": "many"}}})
+    with pytest.raises(UserError, match="a: .*trainer.max_epochs"):
+        sweep.run_sweep(path, tmp_path / "out", dry_run=True)
+
+
+def test_report_only_from_a_committed_results_file(tmp_path):
+    from set_lightning.experiments.report import benjamini_hochberg, summarise
+    from set_lightning.experiments.sweep import read_results
+
+    results = tmp_path / "results.jsonl"
+    shutil.copy(REPO / "results" / "paper_n5_cpu" / "results.jsonl", results)
+    res = subprocess.run([sys.executable, "-m", "set_lightning", "sweep", str(REPO / "ablations" / "paper_n5_cpu.yaml"),
+                          "--report-only", "--results", str(results), "--out", str(tmp_path / "none")],
+                         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 1000 and not (tmp_path / "none").exists()
+    stats = summarise(read_results(results), reference="full")
+    raw = [s.p_value for s in stats]
+    for s, q in zip(stats, benjamini_hochberg(raw)):
+        if s.variant != "full":
+            assert f"| {s.variant} |" in report and f"| {s.p_value:.3g} | {q:.3g}" in report, s.variant
+    assert "BH-adjusted p" in report
+    # the committed report is this report: regenerable from its results.jsonl
+    assert (REPO / "results" / "paper_n5_cpu" / "report.md").read_text() == report
+
+
+def test_report_plot_axis_is_linear_from_zero():
+    from set_lightning.experiments.report import report_figure
+
+    rows = [{"group": g, "variant": g, "seed": i, "test_pos_mse": v, "best_val_pos_mse": v, "model": "SET",
+             "n_params": 1, "train_time_s": 1.0}
+            for g, vals in (("full", [0.020, 0.022]), ("other", [0.040, 0.044])) for i, v in enumerate(vals)]
+    fig = report_figure(summarise(rows, reference="full"), "t", reference="full")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0.0
+    assert any(t.get_text() == "x2.00" for t in ax.texts)
+
+
+def test_vary_data_seed(tmp_path):
+    path = write_spec(tmp_path, {"name": "d", "seeds": [3, 4], "vary_data_seed": True})
+    # the data seed comes last (after the variant and grid), the seed itself after it
+    assert [r.cli_args()[-2:] for r in expand(load_spec(path), tmp_path)] == [
+        ["--data.seed=3", "--seed_everything=3"], ["--data.seed=4", "--seed_everything=4"]]
+    path = write_spec(tmp_path, {"name": "e", "seeds": [3]})
+    assert not any(a.startswith("--data.seed") for a in expand(load_spec(path), tmp_path)[0].cli_args())

@@ -116,7 +116,7 @@ class SETLightningModule(pl.LightningModule):
             raise UserError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
         if not close_encounter > 0:
             raise UserError(f"close_encounter must be > 0, got {close_encounter}")
-        # logger=False: the logger gets hparams_for_logging() (model, data and seed) at train start
+        # logger=False: the logger gets hparams_for_logging() (model, data and seed) in setup("fit")
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.hparams["net"] = net.config() if isinstance(net, NBodyModel) else {"class_path": type(net).__name__}
         self.net = net
