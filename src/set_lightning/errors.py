@@ -42,16 +42,25 @@ def one_line(err: BaseException) -> str:
 
 
 def _root_user_error(err: BaseException) -> Optional[BaseException]:
-    """``err`` or, when a wrapper (jsonargparse, Lightning) raised it from a user error, that user error."""
-    seen = set()
+    """The user error to show for ``err``; ``None`` when ``err`` is not (and does not wrap) one.
+
+    The outermost user error in the ``__cause__`` chain (a library may wrap ours), then down the
+    chain while the causes are user errors too (jsonargparse wraps its own errors; the root message
+    is the one to show) but not past another kind of exception (its message carries less context).
+    """
+    chain = []
     cause: Optional[BaseException] = err
-    found = None
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, _user_error_types()):
-            found = cause
+    while cause is not None and all(cause is not c for c in chain):
+        chain.append(cause)
         cause = cause.__cause__
-    return found
+    types = _user_error_types()
+    first = next((i for i, c in enumerate(chain) if isinstance(c, types)), None)
+    if first is None:
+        return None
+    last = first
+    while last + 1 < len(chain) and isinstance(chain[last + 1], types):
+        last += 1
+    return chain[last]
 
 
 def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], str]] = None) -> int:
