@@ -21,13 +21,17 @@ Compared with NRI's loop, values differ only by rounding (NumPy's BLAS dot uses 
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "balanced_chunk_size",
+    "gaussian_positions_fixed_speed",
+    "torch_threads",
     "n_saved_frames",
     "default_loc_std",
     "sample_initial_conditions",
@@ -78,12 +82,51 @@ def sample_initial_conditions(
     """
     if loc_std is None:
         loc_std = default_loc_std(n_particles)
+    x0, v0 = gaussian_positions_fixed_speed(batch_size, n_particles, generator, loc_std, vel_norm, dtype)
+    charges = torch.randint(0, 2, (batch_size, n_particles, 1), generator=generator).to(dtype) * 2 - 1
+    return x0, v0, charges
+
+
+def gaussian_positions_fixed_speed(
+    batch_size: int,
+    n_particles: int,
+    generator: torch.Generator | None,
+    loc_std: float,
+    vel_norm: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """NRI's initial state: positions ``~ N(0, loc_std^2)``, velocities of norm ``vel_norm`` in random directions.
+
+    Returns:
+        ``x0, v0``, each ``(B, N, 3)``; positions are drawn first, then velocities.
+    """
     shape = (batch_size, n_particles, 3)
     x0 = torch.randn(shape, generator=generator, dtype=dtype) * loc_std
     v0 = torch.randn(shape, generator=generator, dtype=dtype)
     v0 = v0 * (vel_norm / torch.linalg.vector_norm(v0, dim=-1, keepdim=True))
-    charges = torch.randint(0, 2, (batch_size, n_particles, 1), generator=generator).to(dtype) * 2 - 1
-    return x0, v0, charges
+    return x0, v0
+
+
+def balanced_chunk_size(batch_size: int, elements_per_trajectory: int, target: int = _CHUNK_PAIR_ELEMENTS) -> int:
+    """Trajectories per chunk: equal chunks, each with about ``target`` work-buffer elements (at least 1)."""
+    per_chunk = max(1, target // max(1, elements_per_trajectory))
+    n_chunks = max(1, -(-batch_size // per_chunk))
+    return max(1, -(-batch_size // n_chunks))  # balanced chunks, none tiny
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch intra-op threads (None: unchanged), then restore the setting."""
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None and num_threads != previous_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
 
 
 def _check_inputs(x0: Tensor, v0: Tensor, charges: Tensor) -> Tensor:
@@ -239,22 +282,12 @@ def simulate_charged(
     if max_force is None:
         max_force = 0.1 / dt
     if chunk_size is None:
-        target = max(1, _CHUNK_PAIR_ELEMENTS // (3 * n * n))
-        n_chunks = max(1, -(-b // target))
-        chunk_size = max(1, -(-b // n_chunks))  # balanced chunks, none tiny
+        chunk_size = balanced_chunk_size(b, 3 * n * n)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if num_threads is not None and num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None and num_threads != previous_threads:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         return _simulate_chunks(x0, v0, q, steps, float(dt), sample_freq, float(interaction_strength),
                                 float(max_force), chunk_size)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
 
 
 def _simulate_chunks(
