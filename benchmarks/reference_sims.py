@@ -55,23 +55,38 @@ def springs_simulate_one(
         ``(x, v)``, each ``(T, N, 3)`` float64 with ``T = steps // sample_freq - 1``; frame ``k`` is the
         state right after the position update of step ``(k + 1) * sample_freq``.
     """
+    edges = np.asarray(edges, dtype=np.float64)
+    return nri_integrate_one(
+        x0, v0, lambda loc: _spring_forces(loc, edges, interaction_strength, 0.1 / dt), steps, dt, sample_freq
+    )
+
+
+def nri_integrate_one(
+    x0: np.ndarray, v0: np.ndarray, forces, steps: int, dt: float, sample_freq: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """NRI's integration loop for ONE trajectory, as its ``sample_trajectory`` methods write it.
+
+    ``v += dt F(x0)``; then for ``i = 1 .. steps-1``: ``x += dt v``; save if ``i % sample_freq == 0``;
+    ``v += dt F(x)``. ``forces`` maps positions ``(d, n)`` (NRI's layout) to clipped forces ``(d, n)``.
+
+    Returns:
+        ``(x, v)``, each ``(T, N, 3)`` float64 with ``T = steps // sample_freq - 1``.
+    """
     if steps % sample_freq != 0:
         raise ValueError(f"steps ({steps}) must be a multiple of sample_freq ({sample_freq})")
-    max_f = 0.1 / dt
     t_save = steps // sample_freq - 1
-    edges = np.asarray(edges, dtype=np.float64)
     loc_next = np.array(x0, dtype=np.float64).transpose().copy()  # (d, n), NRI's layout
     vel_next = np.array(v0, dtype=np.float64).transpose().copy()
     loc = np.zeros((t_save,) + loc_next.shape)
     vel = np.zeros((t_save,) + vel_next.shape)
     counter = 0
-    vel_next += dt * _spring_forces(loc_next, edges, interaction_strength, max_f)
+    vel_next += dt * forces(loc_next)
     for i in range(1, steps):
         loc_next += dt * vel_next
         if i % sample_freq == 0:
             loc[counter], vel[counter] = loc_next, vel_next
             counter += 1
-        vel_next += dt * _spring_forces(loc_next, edges, interaction_strength, max_f)
+        vel_next += dt * forces(loc_next)
     return loc.transpose(0, 2, 1).copy(), vel.transpose(0, 2, 1).copy()
 
 

@@ -37,7 +37,7 @@ except ImportError:  # running from a source checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.reference_sims
 
 from benchmarks.reference_sims import gravity_simulate_one, simulate_each, springs_simulate_one  # noqa: E402
-from set_lightning.data.cache import SPECS, TrajectorySpec, generate_trajectories, split_seed  # noqa: E402
+from set_lightning.data.cache import SPECS, generate_trajectories, split_seed  # noqa: E402
 from set_lightning.data.gravity import sample_gravity  # noqa: E402
 from set_lightning.data.reference import nri_simulate  # noqa: E402
 from set_lightning.data.simulator import sample_initial_conditions, simulate_charged  # noqa: E402
@@ -66,54 +66,31 @@ class Row:
         return self.loop_extrapolated_s / self.batched_s
 
 
+#: Per system: the initial-condition sampler and the per-trajectory reference loop over a batch.
+_SYSTEMS = {
+    "charged": (sample_initial_conditions, nri_simulate),
+    "springs": (sample_springs, lambda x0, v0, a, steps: simulate_each(springs_simulate_one, x0, v0, a, steps=steps)),
+    "gravity": (sample_gravity, lambda x0, v0, a, steps: simulate_each(gravity_simulate_one, x0, v0, a, steps=steps)),
+}
+
+
 def _time_loop(
-    x0: torch.Tensor, v0: torch.Tensor, q: torch.Tensor, steps: int, batched_x: torch.Tensor
+    system: str, x0: torch.Tensor, v0: torch.Tensor, attr: torch.Tensor, steps: int, batched_x: torch.Tensor
 ) -> tuple[float, int]:
-    """Seconds per trajectory of the NumPy loop on ``x0 (b, N, 3)``; count agreeing with ``batched_x``."""
+    """Seconds per trajectory of the reference loop on ``x0 (b, N, 3)``; count agreeing with ``batched_x``."""
+    loop = _SYSTEMS[system][1]
     start = time.perf_counter()
-    xr, _ = nri_simulate(x0.numpy(), v0.numpy(), q.numpy(), steps=steps)
-    per_traj = (time.perf_counter() - start) / len(x0)
+    xr, _ = loop(x0.numpy(), v0.numpy(), attr.numpy(), steps=steps)
+    per_traj = (time.perf_counter() - start) / max(len(x0), 1)
     err = np.abs(batched_x.numpy() - xr).reshape(len(x0), -1).max(axis=1)
     return per_traj, int((err <= 1e-10).sum())
 
 
 def bench_benchmark_set(
-    counts: dict[str, int], steps: int, loop_subset: int, seed: int, threads: list[int]
+    counts: dict[str, int], steps: int, loop_subset: int, seed: int, threads: list[int], system: str = "charged",
+    n: int = 5,
 ) -> list[Row]:
-    """Generate train/val/test like the data module (batched), then the loop on a train subset."""
-    specs = [TrajectorySpec(split=s, count=c, n_particles=5, steps=steps, seed=seed) for s, c in counts.items()]
-    timings = {}
-    for t in threads:
-        start = time.perf_counter()
-        data = [generate_trajectories(spec, num_threads=t) for spec in specs]
-        timings[t] = time.perf_counter() - start
-        print(f"N=5, {sum(counts.values())} trajectories, {t} thread(s): {timings[t]:.1f} s", flush=True)
-    # the same initial conditions as the first `loop_subset` train trajectories
-    g = torch.Generator().manual_seed(split_seed(seed, "train"))
-    x0, v0, q = sample_initial_conditions(specs[0].count, 5, g)
-    k = min(loop_subset, specs[0].count)
-    per_traj, agree = _time_loop(x0[:k], v0[:k], q[:k], steps, data[0].x[:k])
-    return [Row(5, sum(counts.values()), t, timings[t], k, per_traj, agree) for t in threads]
-
-
-def bench_n(n: int, count: int, steps: int, loop_subset: int, seed: int, threads: list[int]) -> list[Row]:
-    """Batched simulation of ``count`` trajectories of ``n`` particles, loop on a subset."""
-    x0, v0, q = sample_initial_conditions(count, n, torch.Generator().manual_seed(seed))
-    timings = {}
-    for t in threads:
-        start = time.perf_counter()
-        x, _ = simulate_charged(x0, v0, q, steps=steps, num_threads=t)
-        timings[t] = time.perf_counter() - start
-        print(f"N={n}, {count} trajectories, {t} thread(s): {timings[t]:.1f} s", flush=True)
-    k = min(loop_subset, count)
-    per_traj, agree = _time_loop(x0[:k], v0[:k], q[:k], steps, x[:k])
-    return [Row(n, count, t, timings[t], k, per_traj, agree) for t in threads]
-
-
-def bench_system_set(
-    system: str, n: int, counts: dict[str, int], steps: int, loop_subset: int, seed: int, threads: list[int]
-) -> list[Row]:
-    """Generate the springs or gravity splits like the data module (batched), then the loop on a train subset."""
+    """Generate the splits like the data module (batched), then the reference loop on a train subset."""
     specs = [SPECS[system](split=s, count=c, n_particles=n, steps=steps, seed=seed) for s, c in counts.items()]
     timings = {}
     for t in threads:
@@ -123,16 +100,24 @@ def bench_system_set(
         print(f"{system} N={n}, {sum(counts.values())} trajectories, {t} thread(s): {timings[t]:.1f} s", flush=True)
     # the same initial conditions as the first `loop_subset` train trajectories
     g = torch.Generator().manual_seed(split_seed(seed, "train", system))
-    sample, loop = {"springs": (sample_springs, springs_simulate_one),
-                    "gravity": (sample_gravity, gravity_simulate_one)}[system]
-    x0, v0, attr = sample(specs[0].count, n, g)
+    x0, v0, attr = _SYSTEMS[system][0](specs[0].count, n, g)
     k = min(loop_subset, specs[0].count)
-    start = time.perf_counter()
-    xr, _ = simulate_each(loop, x0[:k].numpy(), v0[:k].numpy(), attr[:k].numpy(), steps=steps)
-    per_traj = (time.perf_counter() - start) / max(k, 1)
-    err = np.abs(data[0].x[:k].numpy() - xr).reshape(k, -1).max(axis=1)
-    agree = int((err <= 1e-10).sum())
+    per_traj, agree = _time_loop(system, x0[:k], v0[:k], attr[:k], steps, data[0].x[:k])
     return [Row(n, sum(counts.values()), t, timings[t], k, per_traj, agree, system) for t in threads]
+
+
+def bench_n(n: int, count: int, steps: int, loop_subset: int, seed: int, threads: list[int]) -> list[Row]:
+    """Batched simulation of ``count`` charged trajectories of ``n`` particles, loop on a subset."""
+    x0, v0, q = sample_initial_conditions(count, n, torch.Generator().manual_seed(seed))
+    timings = {}
+    for t in threads:
+        start = time.perf_counter()
+        x, _ = simulate_charged(x0, v0, q, steps=steps, num_threads=t)
+        timings[t] = time.perf_counter() - start
+        print(f"N={n}, {count} trajectories, {t} thread(s): {timings[t]:.1f} s", flush=True)
+    k = min(loop_subset, count)
+    per_traj, agree = _time_loop("charged", x0[:k], v0[:k], q[:k], steps, x[:k])
+    return [Row(n, count, t, timings[t], k, per_traj, agree) for t in threads]
 
 
 def _load() -> str:
@@ -229,10 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         for n in (20, 30):
             rows += bench_n(n, large, args.steps, loop_large, args.seed, args.threads)
     if "springs" in args.systems:
-        rows += bench_system_set("springs", 5, counts, args.steps, loop5, args.seed, args.threads)
+        rows += bench_benchmark_set(counts, args.steps, loop5, args.seed, args.threads, system="springs")
     if "gravity" in args.systems:
-        rows += bench_system_set("gravity", 100, {"train": gravity_count}, args.steps, loop_gravity, args.seed,
-                                 args.threads)
+        rows += bench_benchmark_set({"train": gravity_count}, args.steps, loop_gravity, args.seed, args.threads,
+                                    system="gravity", n=100)
     report = render(rows, args)
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)

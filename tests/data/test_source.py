@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_cli, tiny_args
+from cli_helpers import tiny_args
 
+from set_lightning.cli import main
 from set_lightning.data import NBodyDataModule, load_source
 
 WINDOW = {"input_frame": 4, "target_frame": 7, "history": 3, "batch_size": 4}
@@ -173,11 +174,17 @@ def test_counts_and_frames_are_checked_against_the_file(tmp_path):
         _source_dm(path, split_fractions=[0.8, 0.2, 0.2])
 
 
-def test_cli_reports_a_bad_file_in_one_line(tmp_path, data_cache):
+def test_cli_reports_a_bad_file_in_one_line(tmp_path, data_cache, monkeypatch, capsys):
+    """``python -m set_lightning fit ... --data.source BAD`` (in process): one error line, exit 1, nothing written."""
     bad = _bad(tmp_path, lambda a: a.update(x=np.ones((6, 9, 4))))
-    res = run_cli(["fit", *tiny_args(data_cache), f"--data.source={bad}", "--data.input_frame=4",
-                   "--data.target_frame=7"], cwd=tmp_path)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["set_lightning"])  # the arguments go to main, not pytest's argv
+    monkeypatch.delenv("SET_LIGHTNING_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *tiny_args(data_cache), f"--data.source={bad}", "--data.input_frame=4", "--data.target_frame=7"])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == ["error: data.source: key 'x' must have shape (B, T, N, 3) with B, T, N >= 1, got (6, 9, 4)"]
     assert not (tmp_path / "runs").exists()  # nothing written

@@ -22,9 +22,10 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -89,22 +90,23 @@ def _jsonable(value: Any, annotation: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
 class _SpecBase:
-    """Metadata, cache key and file name shared by the per-system specs (frozen dataclasses).
+    """The fields, metadata, cache key and file name shared by the per-system specs.
 
-    Subclasses set :attr:`system`, :attr:`simulator` and the fields ``split``, ``count``,
-    ``n_particles``, ``steps``, ``sample_freq``, ``dt``, ``seed`` and their physics parameters.
+    Subclasses set :attr:`system` and :attr:`simulator` and add their physics parameters as fields.
     """
 
     system: ClassVar[str]
     simulator: ClassVar[str]
+
     split: str
     count: int
     n_particles: int
-    steps: int
-    sample_freq: int
-    dt: float
-    seed: int
+    steps: int = 5000
+    sample_freq: int = 100
+    dt: float = 0.001
+    seed: int = 0
 
     @property
     def n_frames(self) -> int:
@@ -162,13 +164,6 @@ class TrajectorySpec(_SpecBase):
     system: ClassVar[str] = "charged"
     simulator: ClassVar[str] = "nri_charged_particles"
 
-    split: str
-    count: int
-    n_particles: int
-    steps: int = 5000
-    sample_freq: int = 100
-    dt: float = 0.001
-    seed: int = 0
     interaction_strength: float = 1.0
     vel_norm: float = 0.5
     loc_std: float | None = None
@@ -204,13 +199,6 @@ class SpringsSpec(_SpecBase):
     system: ClassVar[str] = "springs"
     simulator: ClassVar[str] = "nri_springs"
 
-    split: str
-    count: int
-    n_particles: int
-    steps: int = 5000
-    sample_freq: int = 100
-    dt: float = 0.001
-    seed: int = 0
     interaction_strength: float = 0.1
     vel_norm: float = 0.5
     loc_std: float = 0.5
@@ -250,13 +238,6 @@ class GravitySpec(_SpecBase):
     system: ClassVar[str] = "gravity"
     simulator: ClassVar[str] = "segnn_gravity"
 
-    split: str
-    count: int
-    n_particles: int
-    steps: int = 5000
-    sample_freq: int = 100
-    dt: float = 0.001
-    seed: int = 0
     interaction_strength: float = 1.0
     softening: float = 0.1
     mass_range: tuple[float, float] = (1.0, 1.0)
@@ -282,7 +263,7 @@ class GravitySpec(_SpecBase):
 
 
 #: Any of the per-system specs.
-Spec = Union[TrajectorySpec, SpringsSpec, GravitySpec]
+Spec = TrajectorySpec | SpringsSpec | GravitySpec
 
 #: The spec class of each system.
 SPECS: dict[str, type] = {"charged": TrajectorySpec, "springs": SpringsSpec, "gravity": GravitySpec}

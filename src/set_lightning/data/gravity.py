@@ -28,7 +28,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from set_lightning.data.simulator import balanced_chunk_size, torch_threads
+from set_lightning.data.simulator import (
+    check_initial_state,
+    check_time_steps,
+    simulate_in_chunks,
+)
 
 __all__ = [
     "gravity_energy",
@@ -40,10 +44,7 @@ __all__ = [
 
 def gravity_frames(steps: int, sample_freq: int) -> int:
     """Number of frames :func:`simulate_gravity` saves: ``steps // sample_freq`` (50 for 5000 / 100)."""
-    if sample_freq < 1 or steps < 1 or steps % sample_freq != 0:
-        raise ValueError(
-            f"steps ({steps}) must be a positive multiple of sample_freq ({sample_freq}, >= 1)"
-        )
+    check_time_steps(steps, sample_freq)
     return steps // sample_freq
 
 
@@ -82,21 +83,6 @@ def sample_gravity(
     v0 = torch.randn(shape, generator=generator, dtype=dtype) * vel_std
     v0 = v0 - (masses * v0).mean(dim=1, keepdim=True) / masses.mean(dim=1, keepdim=True)
     return x0, v0, masses
-
-
-def _check_inputs(x0: Tensor, v0: Tensor, masses: Tensor) -> Tensor:
-    """Validate shapes; return masses as ``(B, N)``."""
-    if x0.dim() != 3 or x0.shape[-1] != 3:
-        raise ValueError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
-    if v0.shape != x0.shape:
-        raise ValueError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
-    if masses.dim() == 3 and masses.shape[-1] == 1:
-        masses = masses[..., 0]
-    if masses.shape != x0.shape[:2]:
-        raise ValueError(
-            f"masses must have shape (B, N, 1) or (B, N) = {tuple(x0.shape[:2])}, got {tuple(masses.shape)}"
-        )
-    return masses
 
 
 @torch.no_grad()
@@ -183,30 +169,20 @@ def simulate_gravity(
         ``(x, v)``: float64 tensors ``(B, T, N, 3)``, ``T = steps // sample_freq``; frame ``k`` is
         the state at step ``k * sample_freq`` (frame 0 is ``x0, v0``).
     """
-    n_frames = gravity_frames(steps, sample_freq)
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
+    check_time_steps(steps, sample_freq, dt)
     if not softening >= 0:
         raise ValueError(f"softening must be >= 0, got {softening}")
-    m = _check_inputs(x0, v0, masses)
-    b, n, _ = x0.shape
-    chunk_size = balanced_chunk_size(b, 3 * n * n) if chunk_size is None else chunk_size
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=x0.device)
-    v_out = torch.empty_like(x_out)
-    with torch_threads(num_threads):
-        for start in range(0, b, chunk_size):
-            sl = slice(start, start + chunk_size)
-            # (b, N, 3) -> (b, 3, N): each coordinate's pair matrix is one contiguous (N, N) block
-            xc = x0[sl].to(torch.float64).transpose(1, 2).contiguous()
-            vc = v0[sl].to(torch.float64).transpose(1, 2).contiguous()
-            mc = m[sl].to(torch.float64)[:, None, :, None].contiguous()
-            xs, vs = _integrate_chunk(xc, vc, mc, n_frames, sample_freq, float(dt), float(interaction_strength),
-                                      float(softening))
-            x_out[sl] = xs.transpose(2, 3)  # (b, T, 3, N) -> (b, T, N, 3)
-            v_out[sl] = vs.transpose(2, 3)
-    return x_out, v_out
+    m = check_initial_state(x0, v0, masses, "masses").to(torch.float64)
+
+    def integrate(sl: slice) -> tuple[Tensor, Tensor]:
+        # (b, N, 3) -> (b, 3, N): each coordinate's pair matrix is one contiguous (N, N) block
+        xc = x0[sl].to(torch.float64).transpose(1, 2).contiguous()
+        vc = v0[sl].to(torch.float64).transpose(1, 2).contiguous()
+        xs, vs = _integrate_chunk(xc, vc, m[sl][:, None, :, None].contiguous(), gravity_frames(steps, sample_freq),
+                                  sample_freq, float(dt), float(interaction_strength), float(softening))
+        return xs.transpose(2, 3), vs.transpose(2, 3)  # (b, T, 3, N) -> (b, T, N, 3)
+
+    return simulate_in_chunks(x0, gravity_frames(steps, sample_freq), chunk_size, num_threads, integrate)
 
 
 def gravity_energy(

@@ -66,7 +66,7 @@ def _read(path: Path) -> dict[str, object]:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - corrupt archive, pickled objects that are not tensors, ...
+    except Exception as err:  # a corrupt archive, pickled objects that are not tensors, ...
         first_line = (str(err).strip().splitlines() or [""])[0]
         raise _fail(f"cannot read {path} ({type(err).__name__}: {first_line})") from err
     if not isinstance(payload, dict):
@@ -124,7 +124,7 @@ def load_source(path: str | os.PathLike) -> Trajectories:
     x, v, node_attr = t["x"], t["v"], t["node_attr"]
     if x.dim() != 4 or x.shape[-1] != 3 or min(x.shape) < 1:
         raise _shape_error("x", "(B, T, N, 3) with B, T, N >= 1", x)
-    b, n_frames, n, _ = x.shape
+    b, _, n, _ = x.shape
     if n < 2:
         raise _shape_error("x", "(B, T, N, 3) with N >= 2 particles", x)
     if v.shape != x.shape:

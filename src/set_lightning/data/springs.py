@@ -6,7 +6,7 @@ Physics, clipping and integrator are those of NRI's ``SpringSim`` (3-D, no walls
   adjacency ``A`` is symmetric with a zero diagonal. Hooke's force on particle ``i`` (unit mass) is
   ``F_i = -k sum_j A_ij (x_i - x_j)`` with ``k = interaction_strength`` (0.1); every force component
   is clipped to ``+/- max_force`` (``0.1 / dt``).
-* The integrator of the charged system (:func:`set_lightning.data.simulate_charged`):
+* The integrator of the charged system (:func:`set_lightning.data.simulator.nri_steps`):
   ``v += dt F(x0)``; then for ``i = 1 .. steps-1``: ``x += dt v``; if ``i % sample_freq == 0`` save
   ``(x, v)``; ``v += dt F(x)``. So ``steps=5000, sample_freq=100`` gives 49 saved frames and frame
   ``k`` is the state at step ``(k + 1) * sample_freq``.
@@ -24,10 +24,12 @@ import torch
 from torch import Tensor
 
 from set_lightning.data.simulator import (
-    balanced_chunk_size,
+    check_initial_state,
+    check_time_steps,
     gaussian_positions_fixed_speed,
     n_saved_frames,
-    torch_threads,
+    nri_steps,
+    simulate_in_chunks,
 )
 
 __all__ = ["sample_springs", "simulate_springs", "springs_energy"]
@@ -66,16 +68,6 @@ def sample_springs(
     return x0, v0, adjacency
 
 
-def _check_adjacency(x0: Tensor, v0: Tensor, adjacency: Tensor) -> None:
-    if x0.dim() != 3 or x0.shape[-1] != 3:
-        raise ValueError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
-    if v0.shape != x0.shape:
-        raise ValueError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
-    b, n, _ = x0.shape
-    if tuple(adjacency.shape) != (b, n, n):
-        raise ValueError(f"adjacency must have shape (B, N, N) = {(b, n, n)}, got {tuple(adjacency.shape)}")
-
-
 @torch.no_grad()
 def _integrate_chunk(
     x: Tensor, v: Tensor, coupling: Tensor, steps: int, dt: float, sample_freq: int, max_force: float
@@ -95,7 +87,6 @@ def _integrate_chunk(
     vs = torch.empty_like(xs)
     pair = torch.empty((b, n, n, 3), dtype=x.dtype, device=x.device)  # (x_i - x_j) * size, i, j
     force = torch.empty_like(x)
-    step = torch.empty_like(x)
     x_i, x_j = x[:, :, None, :], x[:, None, :, :]
 
     def kick() -> None:
@@ -106,15 +97,7 @@ def _integrate_chunk(
         force.clamp_(-max_force, max_force)
         v.add_(force.mul_(dt))
 
-    kick()
-    frame = 0
-    for i in range(1, steps):
-        x.add_(torch.mul(v, dt, out=step))
-        if i % sample_freq == 0:
-            xs[:, frame] = x
-            vs[:, frame] = v
-            frame += 1
-        kick()
+    nri_steps(x, v, kick, steps, dt, sample_freq, xs.movedim(1, 0), vs.movedim(1, 0))
     return xs, vs
 
 
@@ -149,28 +132,18 @@ def simulate_springs(
         ``(x, v)``: float64 tensors ``(B, T, N, 3)``, ``T = steps // sample_freq - 1``; frame ``k``
         is the state at step ``(k + 1) * sample_freq`` (as :func:`simulate_charged`).
     """
-    n_saved_frames(steps, sample_freq)  # validates steps / sample_freq
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
-    _check_adjacency(x0, v0, adjacency)
-    b, n, _ = x0.shape
+    check_time_steps(steps, sample_freq, dt)
+    adjacency = check_initial_state(x0, v0, adjacency, "adjacency", per_pair=True)
     max_force = 0.1 / dt if max_force is None else max_force
-    chunk_size = balanced_chunk_size(b, 3 * n * n) if chunk_size is None else chunk_size
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_frames = steps // sample_freq - 1
-    x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=x0.device)
-    v_out = torch.empty_like(x_out)
-    with torch_threads(num_threads):
-        for start in range(0, b, chunk_size):
-            sl = slice(start, start + chunk_size)
-            coupling = (-float(interaction_strength)) * adjacency[sl].to(torch.float64)
-            coupling = coupling * (1 - torch.eye(n, dtype=torch.float64, device=coupling.device))
-            x_out[sl], v_out[sl] = _integrate_chunk(
-                x0[sl].to(torch.float64).clone(), v0[sl].to(torch.float64).clone(), coupling[..., None],
-                steps, float(dt), sample_freq, float(max_force),
-            )
-    return x_out, v_out
+    n = x0.shape[1]
+    off_diagonal = 1 - torch.eye(n, dtype=torch.float64, device=x0.device)
+
+    def integrate(sl: slice) -> tuple[Tensor, Tensor]:
+        coupling = (-float(interaction_strength)) * adjacency[sl].to(torch.float64) * off_diagonal
+        return _integrate_chunk(x0[sl].to(torch.float64).clone(), v0[sl].to(torch.float64).clone(),
+                                coupling[..., None], steps, float(dt), sample_freq, float(max_force))
+
+    return simulate_in_chunks(x0, n_saved_frames(steps, sample_freq), chunk_size, num_threads, integrate)
 
 
 def springs_energy(x: Tensor, v: Tensor, adjacency: Tensor, interaction_strength: float = 0.1) -> Tensor:
