@@ -145,7 +145,9 @@ def gravity_simulate_one(
     return pos_save, vel_save
 
 
-def simulate_each(simulate_one, x0: np.ndarray, v0: np.ndarray, attr: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def simulate_each(
+    simulate_one, x0: np.ndarray, v0: np.ndarray, attr: np.ndarray, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     """Run a ``*_simulate_one`` reference on each trajectory of ``x0 (B, N, 3)`` in turn (the slow baseline).
 
     ``attr`` is the per-trajectory attribute: ``(B, N, N)`` spring graphs or ``(B, N, 1)`` masses.

@@ -165,7 +165,7 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         "springs: NRI's SpringSim in 3-D against its per-trajectory loop (`benchmarks/reference_sims.py`); "
         "the dynamics is linear, so all trajectories match. gravity: SEGNN's benchmark (100 unit masses, "
         "softening 0.1, kick-drift-kick leapfrog, 50 frames) against SEGNN's GravitySim loop; 100 softened "
-        "bodies are chaotic, rounding differences grow ~10x per 0.2 time units and exceed 1e-10 after about "
+        "bodies are chaotic, rounding differences grow ~10x per 0.35 time units and exceed 1e-10 after about "
         "20 of the 50 frames, so few or none match to 1e-10 over the full horizon (the tests compare 20 frames).",
         "",
         "Threads: the simulator runs single-threaded by default (`simulate_charged(num_threads=1)`): its "

@@ -28,7 +28,8 @@ def _data_section(name: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_config_parses_with_a_model_config(capsys, monkeypatch, name):
-    """``python -m set_lightning fit --config conf/set.yaml --config conf/data/NAME.yaml --print_config``, in process."""
+    """``python -m set_lightning fit --config conf/set.yaml --config conf/data/NAME.yaml --print_config``
+    (in process)."""
     monkeypatch.setattr(sys, "argv", ["set_lightning"])  # the arguments go to make_cli, not pytest's argv
     with pytest.raises(SystemExit) as done:
         make_cli(["fit", "--config", str(REPO / "conf" / "set.yaml"), "--config",

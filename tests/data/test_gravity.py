@@ -52,7 +52,7 @@ def test_matches_reference_segnn_benchmark():
     """N = 100 unit masses, dt 0.001: equal to SEGNN's loop to 1e-9 over 2000 steps (20 frames).
 
     100 softened bodies are chaotic: rounding differences (matrix product vs ``@``, pow vs sqrt)
-    grow about 10x per 0.2 time units, so by frame 40 they reach ~1e-4, for SEGNN's own code on two
+    grow about 10x per 0.35 time units, so by frame 40 they reach ~1e-4, for SEGNN's own code on two
     machines just the same. The physics is checked over the full horizon by the conservation tests.
     """
     x0, v0, m = _ics(1, 100, 3)

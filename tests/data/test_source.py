@@ -124,15 +124,21 @@ def _bad(tmp_path: Path, change) -> Path:
         (lambda a: a.update(x=np.ones((6, 9, 4))), r"key 'x' must have shape \(B, T, N, 3\) .*got \(6, 9, 4\)$"),
         (lambda a: a.update(x=np.ones((6, 9, 4, 2))), r"key 'x' must have shape \(B, T, N, 3\) .*got \(6, 9, 4, 2\)"),
         (lambda a: a.update(x=np.ones((6, 9, 1, 3))), r"key 'x' must have shape \(B, T, N, 3\) with N >= 2"),
-        (lambda a: a.update(v=np.ones((6, 8, 4, 3))), r"key 'v' must have shape \(B, T, N, 3\) = \(6, 9, 4, 3\) like 'x', got \(6, 8, 4, 3\)"),
-        (lambda a: a.update(node_attr=np.ones((6, 5, 1))), r"key 'node_attr' must have shape \(B, N, F\) = \(6, 4, F\) with F >= 1, got \(6, 5, 1\)"),
+        (lambda a: a.update(v=np.ones((6, 8, 4, 3))),
+         r"key 'v' must have shape \(B, T, N, 3\) = \(6, 9, 4, 3\) like 'x', got \(6, 8, 4, 3\)"),
+        (lambda a: a.update(node_attr=np.ones((6, 5, 1))),
+         r"key 'node_attr' must have shape \(B, N, F\) = \(6, 4, F\) with F >= 1, got \(6, 5, 1\)"),
         (lambda a: a.update(node_attr=np.ones((6, 4, 0))), r"key 'node_attr' must have shape \(B, N, F\)"),
         (lambda a: a.update(node_attr=np.ones((6, 4))), r"key 'node_attr' must have shape \(B, N, F\)"),
-        (lambda a: a.update(edge_attr=np.ones((6, 4, 3))), r"key 'edge_attr' must have shape \(B, N, N\) = \(6, 4, 4\) or \(B, N, N, E\)"),
+        (lambda a: a.update(edge_attr=np.ones((6, 4, 3))),
+         r"key 'edge_attr' must have shape \(B, N, N\) = \(6, 4, 4\) or \(B, N, N, E\)"),
         (lambda a: a.update(edge_attr=np.ones((6, 4, 4, 2, 1))), r"key 'edge_attr' must have shape"),
-        (lambda a: a.update(node_attr=np.full((6, 4, 1), "q")), r"key 'node_attr' must hold real numbers .*got dtype <U1"),
-        (lambda a: a["x"].__setitem__((3, 1, 0, 0), np.nan), r"key 'x' holds NaN or infinite values \(first in trajectory 3\)"),
-        (lambda a: a["v"].__setitem__((5, 0, 0, 0), np.inf), r"key 'v' holds NaN or infinite values \(first in trajectory 5\)"),
+        (lambda a: a.update(node_attr=np.full((6, 4, 1), "q")),
+         r"key 'node_attr' must hold real numbers .*got dtype <U1"),
+        (lambda a: a["x"].__setitem__((3, 1, 0, 0), np.nan),
+         r"key 'x' holds NaN or infinite values \(first in trajectory 3\)"),
+        (lambda a: a["v"].__setitem__((5, 0, 0, 0), np.inf),
+         r"key 'v' holds NaN or infinite values \(first in trajectory 5\)"),
     ],
 )
 def test_file_validation_errors_name_the_key_and_shape(tmp_path, change, message):
@@ -151,7 +157,8 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^data\.source: cannot read .*broken\.npz"):
         _source_dm(tmp_path / "broken.npz")
     torch.save([torch.ones(3)], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match=r"^data\.source: a \.pt file must hold a dict of tensors with keys x \(B, T, N, 3\)"):
+    not_a_dict = r"^data\.source: a \.pt file must hold a dict of tensors with keys x \(B, T, N, 3\)"
+    with pytest.raises(ValueError, match=not_a_dict):
         _source_dm(tmp_path / "list.pt")
     torch.save({"x": "positions", "v": torch.zeros(1), "node_attr": torch.zeros(1)}, tmp_path / "str.pt")
     with pytest.raises(ValueError, match=r"^data\.source: key 'x' must be an array of shape \(B, T, N, 3\), got a str"):
@@ -160,9 +167,11 @@ def test_file_level_errors(tmp_path):
 
 def test_counts_and_frames_are_checked_against_the_file(tmp_path):
     path = _write(tmp_path / "d.npz", _arrays(b=6, t=9))
-    with pytest.raises(ValueError, match=r"^data\.source: n_train \+ n_val \+ n_test = 3000 \+ 2000 \+ 2000 = 7000 exceeds the 6"):
+    too_many = r"^data\.source: n_train \+ n_val \+ n_test = 3000 \+ 2000 \+ 2000 = 7000 exceeds the 6"
+    with pytest.raises(ValueError, match=too_many):
         NBodyDataModule(source=str(path), **WINDOW)
-    with pytest.raises(ValueError, match=r"^target_frame must be <= 8 \(the last of the 9 frames in data.source\), got 9"):
+    beyond = r"^target_frame must be <= 8 \(the last of the 9 frames in data.source\), got 9"
+    with pytest.raises(ValueError, match=beyond):
         _source_dm(path, target_frame=9)
     with pytest.raises(ValueError, match=r"^history must be in 1\.\.5"):
         _source_dm(path, history=6)

@@ -72,7 +72,8 @@ def test_gravity_frames_start_at_the_initial_state_and_masses_are_charges(tmp_pa
 def test_gravity_can_target_its_last_frame(tmp_path):
     dm = _dm(tmp_path, "gravity", n_particles=3, target_frame=9)  # 10 frames: 0..9
     assert dm.datasets["train"].x_target.shape == (5, 3, 3)
-    with pytest.raises(ValueError, match=r"^target_frame must be <= 9 \(the last of the 10 frames saved with system=gravity"):
+    last_of_10 = r"^target_frame must be <= 9 \(the last of the 10 frames saved with system=gravity"
+    with pytest.raises(ValueError, match=last_of_10):
         NBodyDataModule(**{**SMALL, "system": "gravity", "target_frame": 10})
     with pytest.raises(ValueError, match=r"^target_frame must be <= 8 "):
         NBodyDataModule(**{**SMALL, "system": "springs", "target_frame": 9})

@@ -6,13 +6,14 @@ simulated trajectories (float64 positions, velocities, the per-node attribute ``
 springs, the spring graphs ``edge_attr``) plus a metadata dict (the system, every generation
 parameter) and a SHA-256 checksum of the tensors. The file name is keyed by all parameters (readable
 fields plus a hash of the metadata), so changing any of them is a cache miss; the charged keys are
-those of the files written before the other systems existed. On load the metadata, shapes and checksum are verified; a corrupt, truncated
-or mismatching file triggers a :class:`CacheWarning` naming the file and is regenerated, never
-silently used. Writes are atomic (temporary file in the same folder + ``os.replace``), so readers
-never see a half-written file, even with several processes generating at once.
+those of the files written before the other systems existed. On load the metadata, shapes and
+checksum are verified; a corrupt, truncated or mismatching file triggers a :class:`CacheWarning`
+naming the file and is regenerated, never silently used. Writes are atomic (temporary file in the
+same folder + ``os.replace``), so readers never see a half-written file, even with several processes
+generating at once.
 
-Slicing history / input / target frames is done afterwards (:mod:`set_lightning.data.datasets`),
-so changing those needs no regeneration.
+Slicing history / input / target frames is done afterwards (:mod:`set_lightning.data.datasets`), so
+changing those needs no regeneration.
 """
 
 from __future__ import annotations

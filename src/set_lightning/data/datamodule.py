@@ -132,7 +132,9 @@ def validate_system_options(
                 users = " or ".join(_SYSTEM_OPTIONS[name])
                 raise ValueError(f"{name} applies to system {users} only (system is {system!r}): leave it unset")
         if split_fractions is not None:
-            raise ValueError("split_fractions applies to data.source only; simulated splits use n_train / n_val / n_test")
+            raise ValueError(
+                "split_fractions applies to data.source only; simulated splits use n_train / n_val / n_test"
+            )
     if interaction_strength is not None and not math.isfinite(interaction_strength):
         raise ValueError(f"interaction_strength must be a finite number, got {interaction_strength}")
     if softening is not None and not softening >= 0:
