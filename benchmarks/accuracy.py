@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
 
 from set_lightning.sweep import run_sweep
 
@@ -126,8 +127,7 @@ def main() -> None:
     lines += ["", "Published, same task: " + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    write_generated(args.output, "benchmarks/accuracy.py", text)
     print(f"written to {args.output}")
     if any(not math.isfinite(r["test_pos_mse"]) for r in rows):
         sys.exit(1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    import set_lightning  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from reference_sims import nri_simulate  # benchmarks/reference_sims.py (run this file as a script)
+from results_md import write_generated
 
-from set_lightning.data.cache import TrajectorySpec, generate_trajectories, split_seed  # noqa: E402
-from set_lightning.data.reference import nri_simulate  # noqa: E402
-from set_lightning.data.simulator import sample_initial_conditions, simulate_charged  # noqa: E402
+from set_lightning.data.cache import TrajectorySpec, generate_trajectories, split_seed
+from set_lightning.data.simulator import sample_initial_conditions, simulate_charged
 
 
 @dataclass
@@ -134,18 +130,8 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         "Batched: `simulate_charged` over all trajectories at once (for N = 5 the three splits are generated "
         "as the data module does, sampling included, disk write excluded). NRI loop: the straightforward "
         "per-trajectory NumPy re-implementation of NRI's `ChargedParticlesSim` "
-        "(`set_lightning.data.reference.nri_simulate`), timed on the first *subset* trajectories and "
+        "(`nri_simulate` in `benchmarks/reference_sims.py`), timed on the first *subset* trajectories and "
         "**extrapolated linearly per trajectory** to the full count.",
-        "",
-        "Trajectories that do not match to 1e-10 went through close encounters, where the dynamics is chaotic: "
-        "1-ulp differences (NumPy's BLAS dot product uses FMA, `pow` vs `d2 * sqrt(d2)`, summation order) "
-        "grow exponentially. Both are equally valid samples of the same physics.",
-        "",
-        "Threads: the simulator runs single-threaded by default (`simulate_charged(num_threads=1)`): its "
-        "per-step kernels take tens of microseconds, so torch's fork/join per kernel gains at most ~1.5x on two "
-        "idle cores and was 10-40x slower on this 2-core machine while other processes shared the cores. "
-        "Compare with `--threads 1 2`.",
-        "",
     ]
     return "\n".join(lines)
 
@@ -176,8 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += bench_n(n, large, args.steps, loop_large, args.seed, args.threads)
     report = render(rows, args)
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
+    write_generated(args.output, "benchmarks/simulate.py", report)
     print(f"written to {args.output}")
 
 

@@ -1,9 +1,10 @@
 """Straightforward per-trajectory NumPy re-implementation of NRI's ``ChargedParticlesSim``.
 
-This is the reference the batched torch simulator (:mod:`set_lightning.data.simulator`) is
-checked against and benchmarked against. It follows NRI's ``sample_trajectory`` line by line
-(3-D positions as EGNN uses them, no box / walls, no noise), one trajectory at a time.
-It is deliberately *not* optimised: do not use it to generate data sets.
+The oracle the batched torch simulator (:mod:`set_lightning.data.simulator`) is tested against
+(``tests/data/test_simulator.py``) and timed against (``benchmarks/simulate.py``); not part of the
+installed package. It follows NRI's ``sample_trajectory`` line by line (3-D positions as EGNN uses
+them, no box / walls, no noise), one trajectory at a time. It is deliberately *not* optimised: do
+not use it to generate data sets.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def _l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a_norm + b_norm - 2 * a.dot(b.transpose())
 
 
-def _forces(loc: np.ndarray, edges: np.ndarray, interaction_strength: float, max_f: float) -> np.ndarray:
+def nri_forces(loc: np.ndarray, edges: np.ndarray, interaction_strength: float, max_f: float) -> np.ndarray:
     """Clipped Coulomb forces of NRI for ``loc (d, n)`` and ``edges = q q^T (n, n)`` -> ``(d, n)``."""
     n = loc.shape[1]
     l2_dist_power3 = np.power(_l2(loc.transpose(), loc.transpose()), 3.0 / 2.0)
@@ -67,36 +68,31 @@ def nri_simulate_one(
     vel = np.zeros((t_save,) + vel_next.shape)
     counter = 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        vel_next += dt * _forces(loc_next, edges, interaction_strength, max_f)
+        vel_next += dt * nri_forces(loc_next, edges, interaction_strength, max_f)
         for i in range(1, steps):
             loc_next += dt * vel_next
             if i % sample_freq == 0:
                 loc[counter], vel[counter] = loc_next, vel_next
                 counter += 1
-            vel_next += dt * _forces(loc_next, edges, interaction_strength, max_f)
+            vel_next += dt * nri_forces(loc_next, edges, interaction_strength, max_f)
     return loc.transpose(0, 2, 1).copy(), vel.transpose(0, 2, 1).copy()
 
 
 def nri_simulate(
-    x0: np.ndarray,
-    v0: np.ndarray,
-    charges: np.ndarray,
-    steps: int = 5000,
-    dt: float = 0.001,
-    sample_freq: int = 100,
-    interaction_strength: float = 1.0,
+    x0: np.ndarray, v0: np.ndarray, charges: np.ndarray, **kwargs: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run :func:`nri_simulate_one` on each trajectory of ``x0 (B, N, 3)`` in turn (the slow baseline).
+    """Run :func:`nri_simulate_one` (same keyword arguments) on each trajectory of ``x0 (B, N, 3)``
+    in turn: the slow baseline.
 
     Returns:
         ``(x, v)``, each ``(B, T, N, 3)`` float64.
     """
     outs = [
-        nri_simulate_one(x0[b], v0[b], charges[b], steps, dt, sample_freq, interaction_strength)
+        nri_simulate_one(x0[b], v0[b], charges[b], **kwargs)
         for b in range(len(x0))  # the per-trajectory loop is the point of this baseline
     ]
     if not outs:
-        t_save = steps // sample_freq - 1
+        t_save = kwargs.get("steps", 5000) // kwargs.get("sample_freq", 100) - 1
         empty = np.zeros((0, t_save) + tuple(np.shape(x0)[1:]))
         return empty, empty.copy()
     return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs])
