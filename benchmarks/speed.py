@@ -424,7 +424,8 @@ class StepTimer(Callback):
 def ddp_worker(out: str, cli_args: list[str]) -> None:
     """``--ddp-worker``: a Lightning fit with ``cli_args``; Lightning re-runs this command for rank 1."""
     torch.set_num_threads(1)
-    cli = quiet(lambda: make_cli(cli_args, run=False, trainer_defaults={"callbacks": [StepTimer(out)]}))
+    cli = quiet(lambda: make_cli(cli_args, run=False, trainer_defaults={"callbacks": [StepTimer(out)]},
+                                 save_config_callback=None))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
 
