@@ -58,7 +58,7 @@ def test_batch_shapes_default_frames(shared_cache, history):
     """Defaults: frame 30 -> frame 40 of 49 frames (5000 steps), L = 1 and L = 5."""
     dm = NBodyDataModule(n_train=6, n_val=3, n_test=3, history=history, batch_size=4, cache_dir=str(shared_cache))
     _ready(dm)
-    assert dm.n_frames == 49
+    assert dm.n_saved_frames == 49
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"x", "v", "charges", "x_target", "v_target", "min_dist"}
     assert batch["x"].shape == batch["v"].shape == (4, history, 5, 3)

@@ -94,7 +94,7 @@ class TrajectorySpec:
     loc_std: float | None = None
 
     @property
-    def n_frames(self) -> int:
+    def n_saved_frames(self) -> int:
         """Saved frames per trajectory, ``steps // sample_freq - 1``."""
         return n_saved_frames(self.steps, self.sample_freq)
 
@@ -176,7 +176,7 @@ def _checksum(tensors: dict[str, Tensor]) -> str:
 
 
 def _expected_shapes(spec: TrajectorySpec) -> dict[str, tuple[int, ...]]:
-    frames = (spec.count, spec.n_frames, spec.n_particles, 3)
+    frames = (spec.count, spec.n_saved_frames, spec.n_particles, 3)
     return {"x": frames, "v": frames, "charges": (spec.count, spec.n_particles, 1)}
 
 

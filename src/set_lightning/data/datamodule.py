@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from set_lightning.data.cache import Trajectories, TrajectorySpec, load_or_generate
 from set_lightning.data.datasets import NBodyDataset
+from set_lightning.data.simulator import n_saved_frames
 
 __all__ = ["NBodyDataModule", "validate_nbody_params"]
 
@@ -50,7 +51,7 @@ def validate_nbody_params(
         )
     if not dt > 0:
         raise ValueError(f"dt must be > 0, got {dt}")
-    n_frames = steps // sample_freq - 1
+    n_saved = steps // sample_freq - 1
     if history < 1:
         raise ValueError(f"history must be >= 1, got {history}")
     if input_frame < 0:
@@ -62,9 +63,9 @@ def validate_nbody_params(
         )
     if target_frame <= input_frame:
         raise ValueError(f"target_frame must be > input_frame ({input_frame}), got {target_frame}")
-    if target_frame > n_frames - 1:
+    if target_frame > n_saved - 1:
         raise ValueError(
-            f"target_frame must be <= {n_frames - 1} (the last of the {n_frames} saved frames with "
+            f"target_frame must be <= {n_saved - 1} (the last of the {n_saved} saved frames with "
             f"steps={steps}, sample_freq={sample_freq}), got {target_frame}"
         )
     if batch_size < 1:
@@ -139,9 +140,9 @@ class NBodyDataModule(pl.LightningDataModule):
         self.datasets: dict[str, NBodyDataset] = {}
 
     @property
-    def n_frames(self) -> int:
+    def n_saved_frames(self) -> int:
         """Number of saved frames per trajectory (49 with the defaults)."""
-        return self.steps // self.sample_freq - 1
+        return n_saved_frames(self.steps, self.sample_freq)
 
     def spec(self, split: str) -> TrajectorySpec:
         """The cache key / generation parameters of one split."""

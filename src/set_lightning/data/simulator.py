@@ -143,9 +143,9 @@ def _integrate_chunk(
     """
     n, b = q.shape
     kw = {"dtype": x.dtype, "device": x.device}
-    n_frames = steps // sample_freq - 1
-    xs = torch.empty((n_frames, 3, n, b), **kw)
-    vs = torch.empty((n_frames, 3, n, b), **kw)
+    n_saved = steps // sample_freq - 1
+    xs = torch.empty((n_saved, 3, n, b), **kw)
+    vs = torch.empty((n_saved, 3, n, b), **kw)
     # c q_i q_j, (N, N, b); its zero diagonal makes the self forces zero.
     edges = (q[:, None, :] * q[None, :, :]) * strength
     edges.diagonal(dim1=0, dim2=1).zero_()
@@ -263,10 +263,10 @@ def _simulate_chunks(
 ) -> tuple[Tensor, Tensor]:
     """Integrate ``x0, v0 (B, N, 3)``, charges ``q (B, N)`` chunk by chunk -> ``(B, T, N, 3)`` twice."""
     b, n, _ = x0.shape
-    n_frames = steps // sample_freq - 1
+    n_saved = steps // sample_freq - 1
     device = x0.device
-    x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=device)
-    v_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=device)
+    x_out = torch.empty((b, n_saved, n, 3), dtype=torch.float64, device=device)
+    v_out = torch.empty((b, n_saved, n, 3), dtype=torch.float64, device=device)
     for start in range(0, b, chunk_size):  # chunks of trajectories, each fully vectorised
         sl = slice(start, start + chunk_size)
         # (b, N, 3) -> (3, N, b): trajectory axis innermost
