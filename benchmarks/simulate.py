@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-try:
-    import set_lightning  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from reference_sims import gravity_simulate_one, nri_simulate, simulate_each, springs_simulate_one  # run as a script
+from results_md import write_generated
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.reference_sims
-
-from benchmarks.reference_sims import gravity_simulate_one, simulate_each, springs_simulate_one  # noqa: E402
-from set_lightning.data.cache import SPECS, generate_trajectories, split_seed  # noqa: E402
-from set_lightning.data.gravity import sample_gravity  # noqa: E402
-from set_lightning.data.reference import nri_simulate  # noqa: E402
-from set_lightning.data.simulator import sample_initial_conditions, simulate_charged  # noqa: E402
-from set_lightning.data.springs import sample_springs  # noqa: E402
+from set_lightning.data.cache import SPECS, generate_trajectories, split_seed
+from set_lightning.data.gravity import sample_gravity
+from set_lightning.data.simulator import sample_initial_conditions, simulate_charged
+from set_lightning.data.springs import sample_springs
 
 
 @dataclass
@@ -155,24 +148,8 @@ def render(rows: list[Row], args: argparse.Namespace) -> str:
         "Batched: `simulate_charged` over all trajectories at once (for N = 5 the three splits are generated "
         "as the data module does, sampling included, disk write excluded). NRI loop: the straightforward "
         "per-trajectory NumPy re-implementation of NRI's `ChargedParticlesSim` "
-        "(`set_lightning.data.reference.nri_simulate`), timed on the first *subset* trajectories and "
+        "(`nri_simulate` in `benchmarks/reference_sims.py`), timed on the first *subset* trajectories and "
         "**extrapolated linearly per trajectory** to the full count.",
-        "",
-        "Trajectories that do not match to 1e-10 went through close encounters, where the dynamics is chaotic: "
-        "1-ulp differences (NumPy's BLAS dot product uses FMA, `pow` vs `d2 * sqrt(d2)`, summation order) "
-        "grow exponentially. Both are equally valid samples of the same physics.",
-        "",
-        "springs: NRI's SpringSim in 3-D against its per-trajectory loop (`benchmarks/reference_sims.py`); "
-        "the dynamics is linear, so all trajectories match. gravity: SEGNN's benchmark (100 unit masses, "
-        "softening 0.1, kick-drift-kick leapfrog, 50 frames) against SEGNN's GravitySim loop; 100 softened "
-        "bodies are chaotic, rounding differences grow ~10x per 0.35 time units and exceed 1e-10 after about "
-        "20 of the 50 frames, so few or none match to 1e-10 over the full horizon (the tests compare 20 frames).",
-        "",
-        "Threads: the simulator runs single-threaded by default (`simulate_charged(num_threads=1)`): its "
-        "per-step kernels take tens of microseconds, so torch's fork/join per kernel gains at most ~1.5x on two "
-        "idle cores and was 10-40x slower on this 2-core machine while other processes shared the cores. "
-        "Compare with `--threads 1 2`.",
-        "",
     ]
     return "\n".join(lines)
 
@@ -220,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                                     system="gravity", n=100)
     report = render(rows, args)
     print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
+    write_generated(args.output, "benchmarks/simulate.py", report)
     print(f"written to {args.output}")
 
 

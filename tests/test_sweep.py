@@ -157,7 +157,7 @@ def test_finished_run_from_other_arguments_or_config_is_never_reused(tmp_path, m
     cfg = tmp_path / "conf" / "m.yaml"
     cfg.write_text("model:\n  lr: 0.001\n")
     path = _write_spec(tmp_path, {"name": "s", "seeds": [0], "variants": {"a": {"config": "conf/m.yaml"}}})
-    (run,) = expand(load_spec(path), tmp_path / "out")
+    (run,) = expand(load_spec(path, root=tmp_path), tmp_path / "out")
     run.run_dir.mkdir(parents=True)
     from set_lightning.run_one import config_digests
 

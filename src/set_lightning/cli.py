@@ -2,9 +2,11 @@
 
 ``fit``/``validate``/``test``/``predict`` are :class:`lightning.pytorch.cli.LightningCLI`
 subcommands (OmegaConf parser mode, so config files may interpolate). Every subcommand starts from
-the packaged ``conf/defaults.yaml`` (a small N-body run that finishes on a laptop CPU in minutes);
-``--config conf/<model>.yaml`` and dotted overrides such as ``--trainer.max_epochs 5`` refine it.
-``sweep`` is the ablation runner (:mod:`set_lightning.sweep`).
+the packaged ``conf/defaults.yaml`` and ``conf/data/small.yaml`` (a small N-body run that finishes
+on a laptop CPU in minutes); ``--config conf/<model>.yaml --config conf/data/<data set>.yaml`` and
+dotted overrides such as ``--trainer.max_epochs 5`` refine it. ``conf/...`` names resolve to the
+packaged configs from any working directory (:mod:`set_lightning.configs`). MLP's ``n_frames`` is
+linked to ``data.history``. ``sweep`` is the ablation runner (:mod:`set_lightning.sweep`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
 from set_lightning.errors import UserError, run_with_clean_errors
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-DEFAULTS = CONF_DIR / "defaults.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -33,7 +34,7 @@ def _build_cli_class():
         def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, **kwargs) -> None:
             # exit_on_error=False: parse errors are raised and shown as one line by main()
             common = {"parser_mode": "omegaconf", "exit_on_error": False}
-            with_defaults = {**common, "default_config_files": [str(DEFAULTS)]}
+            with_defaults = {**common, "default_config_files": [str(p) for p in DEFAULT_CONFIGS]}
             # without a subcommand (run=False) the main parser takes the config
             parser_kwargs: dict = dict(common if run else with_defaults)
             parser_kwargs.update({sub: dict(with_defaults) for sub in LIGHTNING_SUBCOMMANDS})
@@ -47,15 +48,20 @@ def _build_cli_class():
                 **kwargs,
             )
 
-        def _instantiate_trainer(self, config: dict, callbacks: list):
+        def add_arguments_to_parser(self, parser) -> None:
+            # MLP reads the last n_frames frames: exactly the data's history (ignored by models
+            # without an n_frames argument; a value given for it is replaced by data.history)
+            parser.link_arguments("data.history", "model.net.init_args.n_frames")
+
+        def instantiate_trainer(self, **kwargs):
             # `--trainer.enable_progress_bar false` drops the default RichProgressBar instead of
             # failing on the conflict (handy for logs of batch jobs and sweeps).
-            if config.get("enable_progress_bar") is False:
-                from lightning.pytorch.callbacks import ProgressBar
+            from lightning.pytorch.callbacks import ProgressBar
 
-                config = dict(config)
-                config["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, ProgressBar)]
-            return super()._instantiate_trainer(config, callbacks)
+            config = self.config_init.get(str(self.subcommand), self.config_init)["trainer"]
+            if config.get("enable_progress_bar") is False and "callbacks" not in kwargs:
+                kwargs["callbacks"] = [c for c in config.get("callbacks") or [] if not isinstance(c, ProgressBar)]
+            return super().instantiate_trainer(**kwargs)
 
         def before_fit(self) -> None:
             cfg = self.config_init[self.subcommand]
@@ -104,9 +110,14 @@ def _check_ckpt_path(ckpt_path: Optional[str]) -> None:
 def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs):
     """Build (and by default run) the LightningCLI on ``args`` (``None`` = ``sys.argv[1:]``).
 
-    ``kwargs`` go to :class:`~lightning.pytorch.cli.LightningCLI` (e.g. ``trainer_defaults=
-    {"callbacks": [...]}`` adds callbacks to those of the config).
+    ``--config`` values resolve through :func:`set_lightning.configs.resolve_config`. With
+    ``run=False`` there is no subcommand: ``cli.model``, ``cli.datamodule`` and ``cli.trainer`` are
+    built from the config and nothing runs. ``kwargs`` go to
+    :class:`~lightning.pytorch.cli.LightningCLI` (e.g. ``trainer_defaults={"callbacks": [...]}`` adds
+    callbacks to those of the config).
     """
+    if args is not None:
+        args = resolve_config_args(args)
     return _build_cli_class()(args=args, run=run, **kwargs)
 
 
@@ -117,8 +128,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from set_lightning.sweep import main as sweep_main
 
         sys.exit(run_with_clean_errors(lambda: sweep_main(words[1:])))
-    # args=None lets LightningCLI read sys.argv itself (it warns when given both)
-    sys.exit(run_with_clean_errors(lambda: make_cli(None if argv is None else words)))
+    if argv is not None:
+        sys.exit(run_with_clean_errors(lambda: make_cli(words)))
+    # LightningCLI reads sys.argv itself (it warns when given both), and so do DDP's child
+    # processes: resolve the config names in place
+    sys.argv[1:] = resolve_config_args(words)
+    sys.exit(run_with_clean_errors(lambda: make_cli(None)))
 
 
 if __name__ == "__main__":

@@ -31,16 +31,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 def config_digests(cli_args: Sequence[str], root: str | Path = ".") -> dict[str, str]:
     """SHA-256 of every ``--config`` file named in ``cli_args`` (a changed file = a different run).
 
-    Relative config paths are read from ``root`` (the folder the run executes in); keys stay as given.
+    Config names resolve as the CLI resolves them, from ``root`` (the folder the run executes in);
+    keys stay as given.
     """
     import hashlib
 
+    from set_lightning.configs import config_arg_values, resolve_config
+
     digests = {}
-    for i, arg in enumerate(cli_args):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
-            cli_args[i + 1] if arg in ("--config", "-c") and i + 1 < len(cli_args) else None)
-        if path and (Path(root) / path).is_file():
-            digests[path] = hashlib.sha256((Path(root) / path).read_bytes()).hexdigest()
+    for _, name in config_arg_values(cli_args):
+        path = resolve_config(name, root)
+        if path.is_file():
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
 
 

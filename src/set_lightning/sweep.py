@@ -4,7 +4,7 @@ An ablation file (any ``*.yaml`` in ``ablations/``; dropping in a new file adds 
 change) says::
 
     name: paper_n5                    # results go to <out>/<name>/ (default out: runs/sweeps)
-    base: [conf/set.yaml]             # config file(s) every run starts from
+    base: [conf/set.yaml, conf/data/nbody5.yaml]   # config file(s) every run starts from
     overrides: {trainer.max_epochs: 30}   # dotted overrides for every run
     seeds: [0, 1, 2]                  # seed_everything values; each variant runs once per seed
     reference: full                   # the variant the others are tested against (Welch t-test)
@@ -13,6 +13,10 @@ change) says::
       no_equivariance: {model.net.init_args.equivariant: false}
       egnn: {config: conf/egnn.yaml}
     grid: {data.n_particles: [5, 20]} # optional: every variant at every grid point
+
+Config names ``conf/...`` are the packaged configs; other config paths are relative to the working
+directory, where the runs execute. :func:`run_sweep` also takes the spec as a mapping of these keys
+(or a :class:`SweepSpec`) instead of a file.
 
 Each (variant, grid point, seed) is one run directory ``<out>/<name>/<run id>/seed_<s>`` trained and
 tested by :mod:`set_lightning.run_one` in its own process. Finished runs (with ``result.json``) are
@@ -37,6 +41,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from set_lightning.configs import resolve_config
 from set_lightning.errors import UserError
 from set_lightning.run_one import config_digests, read_result, write_text_atomic
 
@@ -90,10 +95,13 @@ class Run:
 
 @dataclass
 class SweepSpec:
-    """A parsed ablation file."""
+    """A validated ablation spec (from a file, :func:`load_spec`, or a mapping, :func:`parse_spec`).
+
+    ``root`` is the folder the runs execute in: relative config paths and the data cache are read from
+    there. ``conf/...`` names are the packaged configs (:func:`set_lightning.configs.resolve_config`).
+    """
 
     name: str
-    path: Path
     base: list[str]
     seeds: list[int]
     variants: dict[str, dict[str, Any]]
@@ -101,57 +109,75 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     description: str = ""
+    root: Path = Path(".")
 
 
-def _fail(path: Path, msg: str) -> UserError:
-    return UserError(f"{path}: {msg}")
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate an ablation file; errors name the field and the allowed values."""
+def load_spec(path: str | Path, root: Optional[str | Path] = None) -> SweepSpec:
+    """Read and validate an ablation file (see :func:`parse_spec`); its name defaults to the file's."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ablation file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({err})") from None
+        raise UserError(f"{path}: not valid YAML ({err})") from None
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+    return parse_spec(raw, source=str(path), root=root)
+
+
+def parse_spec(raw: Any, source: str = "sweep spec", root: Optional[str | Path] = None) -> SweepSpec:
+    """Validate an ablation spec given as a mapping (the keys of an ablation file).
+
+    Args:
+        raw: the mapping (``name`` is required here).
+        source: what error messages call the spec (its file name).
+        root: the folder the runs execute in (default: the working directory).
+
+    Raises:
+        UserError: naming the field and the allowed values.
+    """
+    def fail(msg: str) -> UserError:
+        return UserError(f"{source}: {msg}")
+
     if not isinstance(raw, dict):
-        raise _fail(path, "must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
+        raise fail("must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
     unknown = set(raw) - SPEC_KEYS
     if unknown:
-        raise _fail(path, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        raise fail(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    if not raw.get("name"):
+        raise fail("name is required (results go to <out>/<name>/)")
     base = raw.get("base", [])
     base = [base] if isinstance(base, str) else list(base or [])
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise _fail(path, f"seeds must be a non-empty list of integers, got {seeds!r}")
+        raise fail(f"seeds must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise _fail(path, f"seeds must be distinct, got {seeds}")
+        raise fail(f"seeds must be distinct, got {seeds}")
     variants = raw.get("variants") or {"default": {}}
     if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
-        raise _fail(path, "variants must map a variant name to a mapping of dotted overrides")
+        raise fail("variants must map a variant name to a mapping of dotted overrides")
     variants = {str(k): dict(v or {}) for k, v in variants.items()}
     for vname in variants:
         if not vname.replace("_", "").replace("-", "").isalnum():
-            raise _fail(path, f"variant name {vname!r} may hold only letters, digits, '_' and '-'")
+            raise fail(f"variant name {vname!r} may hold only letters, digits, '_' and '-'")
     reference = str(raw.get("reference", next(iter(variants))))
     if reference not in variants:
-        raise _fail(path, f"reference {reference!r} is not a variant; allowed: {list(variants)}")
+        raise fail(f"reference {reference!r} is not a variant; allowed: {list(variants)}")
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise _fail(path, "grid must map a dotted key to a non-empty list of values")
+        raise fail("grid must map a dotted key to a non-empty list of values")
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict):
-        raise _fail(path, "overrides must be a mapping of dotted keys to values")
-    root = _project_root(path)
+        raise fail("overrides must be a mapping of dotted keys to values")
+    root = Path(root) if root is not None else Path.cwd()
     for cfg in base + [v["config"] for v in variants.values() if "config" in v]:
         for c in [cfg] if isinstance(cfg, str) else cfg:
-            if not (root / c).is_file():
-                raise _fail(path, f"config file {c!r} not found (paths are relative to {root})")
+            if not resolve_config(c, root).is_file():
+                raise fail(f"config file {c!r} not found (paths are relative to {root}; conf/... names "
+                           "are the packaged configs)")
     return SweepSpec(
-        name=str(raw.get("name", path.stem)),
-        path=path,
+        name=str(raw["name"]),
         base=base,
         seeds=seeds,
         variants=variants,
@@ -159,16 +185,8 @@ def load_spec(path: str | Path) -> SweepSpec:
         overrides=overrides,
         grid=grid,
         description=str(raw.get("description", "")),
+        root=root,
     )
-
-
-def _project_root(spec_path: Path) -> Path:
-    """Config paths in an ablation file are relative to the project: the folder holding
-    ``ablations/`` when the file lies there, else the current directory."""
-    parent = spec_path.resolve().parent
-    if parent.name == "ablations" and not (parent.parent / "conf").is_dir() and (Path.cwd() / "conf").is_dir():
-        return Path.cwd()
-    return parent.parent if parent.name == "ablations" else Path.cwd()
 
 
 def _as_cli_value(value: Any) -> str:
@@ -191,7 +209,7 @@ def _slug(grid_point: tuple[tuple[str, Any], ...]) -> str:
 
 def expand(spec: SweepSpec, out_dir: str | Path) -> list[Run]:
     """All runs of the sweep, in a stable order (grid point, variant, seed)."""
-    root = _project_root(spec.path)
+    root = spec.root
     out = Path(out_dir) / spec.name
     keys = list(spec.grid)
     runs: list[Run] = []
@@ -243,19 +261,33 @@ def write_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def as_spec(spec: SweepSpec | dict[str, Any] | str | Path, root: Optional[str | Path] = None) -> SweepSpec:
+    """A :class:`SweepSpec` from itself, a mapping (:func:`parse_spec`) or an ablation file path."""
+    if isinstance(spec, SweepSpec):
+        return spec
+    if isinstance(spec, dict):
+        return parse_spec(spec, root=root)
+    return load_spec(spec, root=root)
+
+
 def run_sweep(
-    spec_path: str | Path,
+    spec: SweepSpec | dict[str, Any] | str | Path,
     out_dir: str | Path = "runs/sweeps",
     parallel: int = 1,
     dry_run: bool = False,
     print_commands: bool = False,
     report: bool = True,
     threads: Optional[int] = None,
+    root: Optional[str | Path] = None,
 ) -> list[dict[str, Any]]:
-    """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report."""
+    """Run (or, with ``dry_run``, list) every unfinished run of the sweep, then report.
+
+    ``spec`` is an ablation file, a mapping of its keys or a :class:`SweepSpec`; ``root`` (for a file
+    or mapping) is the folder the runs execute in (default: the working directory).
+    """
     from set_lightning.report import make_report
 
-    spec = load_spec(spec_path)
+    spec = as_spec(spec, root)
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
     runs = expand(spec, out_dir)

@@ -44,16 +44,16 @@ class NBodyDataset(Dataset):
     """
 
     def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int) -> None:
-        n_frames = trajectories.x.shape[1]
+        n_saved = trajectories.x.shape[1]
         first = input_frame - history + 1
         if history < 1 or first < 0:
             raise ValueError(
                 f"history must be in 1..{input_frame + 1} for input_frame={input_frame}, got {history}"
             )
-        if not input_frame < target_frame < n_frames:
+        if not input_frame < target_frame < n_saved:
             raise ValueError(
-                f"target_frame must be in {input_frame + 1}..{n_frames - 1} (after input_frame={input_frame}, "
-                f"within the {n_frames} saved frames), got {target_frame}"
+                f"target_frame must be in {input_frame + 1}..{n_saved - 1} (after input_frame={input_frame}, "
+                f"within the {n_saved} saved frames), got {target_frame}"
             )
         frames = slice(first, input_frame + 1)
         self.x: Tensor = trajectories.x[:, frames].to(torch.float32).contiguous()
