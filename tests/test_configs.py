@@ -184,9 +184,9 @@ def test_ablation_file_expands_to_runs_that_parse(path, parser, tmp_path):
 def test_benchmark_scripts_train_on_the_benchmark_split(parser):
     from benchmarks import time_to_accuracy as tta
 
-    for study in tta.STUDIES.values():
-        for label, args in study.items():
-            cfg = _parse(parser, [*tta.BENCHMARK_DATA, *args, *tta.COMMON])
-            assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_particles) == (3000, 2000, 2000, 5)
-            expected = 10 if "L=10" in label else 1 if "EGNN" in label or "L=1 " in label + " " else 5
-            assert cfg.data.history == expected, label
+    for label, args in tta.MODELS.items():
+        cfg = _parse(parser, [*tta.BENCHMARK_DATA, *args, *tta.COMMON])
+        assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_particles) == (3000, 2000, 2000, 5)
+        expected = 10 if "L=10" in label else 1 if "EGNN" in label or "L=1 " in label + " " else 5
+        assert cfg.data.history == expected, label
+    assert {m for _, models, _ in tta.SECTIONS for m in models} == set(tta.MODELS)
