@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
 
-from set_lightning.sweep import run_sweep
+from set_lightning.experiments.spec import spec_from_mapping
+from set_lightning.experiments.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 #: every run's data: the N = 5 benchmark split (the model files own their history)
@@ -96,8 +97,8 @@ def main() -> None:
         },
     }
     # the runs execute in the repository (its runs/ and data_cache/)
-    rows = run_sweep(spec, REPO / "runs" / "benchmarks", parallel=args.parallel, report=False,
-                     threads=args.threads, root=REPO)
+    rows = run_sweep(spec_from_mapping(spec, root=REPO), REPO / "runs" / "benchmarks", parallel=args.parallel,
+                     report=False, threads=args.threads)
 
     lines = [
         f"# Accuracy: charged N-body, N=5, frame 30 -> 40, {args.n_train} training trajectories, "

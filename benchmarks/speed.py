@@ -75,7 +75,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
 
-from set_lightning.cli import make_cli
+from set_lightning.lightning_cli import make_cli
 from set_lightning.data import sample_initial_conditions, simulate_charged
 from set_lightning.lit import SETLightningModule
 

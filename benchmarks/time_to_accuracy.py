@@ -31,22 +31,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 #: the data of every run: the N = 5 benchmark split (3000 / 2000 / 2000); the model files own the history
-BENCHMARK_DATA = ["--config", "conf/data/nbody5.yaml"]
-SET = ["--config", "conf/set.yaml", "--model.vel_weight=0.0", "--model.warmup_steps=30"]
-SMALL = ["--model.net.init_args.n_blocks=1", "--model.net.init_args.n_spatial_layers=1"]
-ABLATED = [*SET, *SMALL, "--data.history=5"]  # the SET variant the ablation flips flags of
-#: label -> CLI arguments of ``python -m set_lightning fit`` after BENCHMARK_DATA
-MODELS: dict[str, list[str]] = {
-    "EGNN": ["--config", "conf/egnn.yaml"],
-    "SET L=1": [*SET, "--data.history=1"],
+BENCHMARK_DATA = ["conf/data/nbody5.yaml"]
+SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
+SMALL = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
+ABLATED = {**SET, **SMALL, "data.history": 5}  # the SET variant the ablation flips flags of
+#: label -> the run, as an ablation file's variant: a config file and dotted overrides (the benchmark split)
+MODELS: dict[str, dict] = {
+    "EGNN": {"config": "conf/egnn.yaml"},
+    "SET L=1": {**SET, "data.history": 1},
     "SET L=5 (M=1, K=1)": ABLATED,
-    "SET L=10 (M=1, K=1)": [*SET, *SMALL, "--data.history=10"],
-    "LSTM L=10": ["--config", "conf/lstm.yaml"],
-    "EGNN, cosine": ["--config", "conf/egnn.yaml", "--model.scheduler=cosine", "--model.warmup_steps=30"],
-    "no equivariance": [*ABLATED, "--model.net.init_args.equivariant=false"],
-    "no spatial attention": [*ABLATED, "--model.net.init_args.spatial_attention=false"],
-    "no temporal attention": [*ABLATED, "--model.net.init_args.temporal_attention=false"],
-    "with adjacency": [*ABLATED, "--model.net.init_args.adjacency=true"],
+    "SET L=10 (M=1, K=1)": {**SET, **SMALL, "data.history": 10},
+    "LSTM L=10": {"config": "conf/lstm.yaml"},
+    "EGNN, cosine": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
+    "no equivariance": {**ABLATED, "model.net.init_args.equivariant": False},
+    "no spatial attention": {**ABLATED, "model.net.init_args.spatial_attention": False},
+    "no temporal attention": {**ABLATED, "model.net.init_args.temporal_attention": False},
+    "with adjacency": {**ABLATED, "model.net.init_args.adjacency": True},
 }
 #: the report's sections: (title, models, reference)
 SECTIONS = [
@@ -63,7 +63,7 @@ PREAMBLE = (
     "compute: CPU seconds of its own process, one torch thread, validation excluded (on an idle core this is "
     "wall-clock time). The plot `time_to_accuracy.png` shows validation MSE against those seconds."
 )
-COMMON = ["--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+COMMON = {"trainer.max_epochs": -1, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 _lock = threading.Lock()
 
 
@@ -85,14 +85,20 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def run_unit(label: str, args: list[str], seed: int, budget_s: float, clock: str, out: Path, runs: Path) -> str:
+def _run_spec(label: str, variant: dict, seed: int, run_dir: Path):
+    """The worker's spec of one (model, seed): the model's variant plus COMMON, from the repository."""
+    from set_lightning.experiments.spec import variant_run
+
+    return variant_run(variant, _slug(label), seed, run_dir, REPO, base=BENCHMARK_DATA, overrides=COMMON)
+
+
+def run_unit(label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path, runs: Path) -> str:
     """Train, test and record one (model, seed); returns a one-line status."""
     run_dir = runs / _slug(label) / f"seed_{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
-    run_dir.mkdir(parents=True)
-    cmd = [sys.executable, __file__, "--worker", str(run_dir), "--budget-s", str(budget_s), "--clock", clock,
-           "--", *BENCHMARK_DATA, *args, *COMMON, f"--seed_everything={seed}"]
+    _run_spec(label, variant, seed, run_dir).save()  # run_dir/run.json: what the worker runs
+    cmd = [sys.executable, __file__, "--worker", str(run_dir), "--budget-s", str(budget_s), "--clock", clock]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
@@ -101,7 +107,7 @@ def run_unit(label: str, args: list[str], seed: int, budget_s: float, clock: str
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         return f"FAILED {label} seed {seed}: " + " | ".join(tail)
     result = json.loads(result_file.read_text())
-    config = {"args": args, "budget_s": budget_s, "clock": clock}
+    config = {"variant": variant, "budget_s": budget_s, "clock": clock}
     rows = [{"model": label, "config": config, "seed": seed, "val_pos_mse": r.pop("pos_mse"), **r}
             for r in _read_jsonl(run_dir / "curve.jsonl")]
     final = {"final": True, "model": label, "config": config, "seed": seed, "budget_s": budget_s,
@@ -114,16 +120,17 @@ def run_unit(label: str, args: list[str], seed: int, budget_s: float, clock: str
     return f"done {label} seed {seed}: test {final['test_pos_mse']:.5f} after {result['epochs']} epochs"
 
 
-def worker(run_dir: str, budget_s: float, clock: str, cli_args: list[str]) -> None:
+def worker(run_dir: str, budget_s: float, clock: str) -> None:
     """One run in this process: fit under the budget (curve to curve.jsonl), then test."""
     import torch
 
     from set_lightning.callbacks import TimeBudget
-    from set_lightning.run_one import run_one
+    from set_lightning.experiments import worker as run_worker
+    from set_lightning.experiments.spec import RunSpec
 
     torch.set_num_threads(1)
     budget = TimeBudget(budget_s, clock=clock, curve_file=str(Path(run_dir) / "curve.jsonl"))
-    run_one(run_dir, cli_args, callbacks=[budget])
+    run_worker.run(RunSpec.load(run_dir), callbacks=[budget])
 
 
 def main() -> None:
@@ -138,13 +145,12 @@ def main() -> None:
     parser.add_argument("--out", help="results file stem (default results/time_to_accuracy)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("cli_args", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
-        worker(opts.worker, opts.budget_s, opts.clock, opts.cli_args)
+        worker(opts.worker, opts.budget_s, opts.clock)
         return
 
-    from set_lightning.report import time_to_accuracy_report
+    from set_lightning.experiments.report import time_to_accuracy_report
 
     out = Path(opts.out).resolve() if opts.out else REPO / "results" / "time_to_accuracy"
     if not opts.report_only:
@@ -170,12 +176,12 @@ def _prepare_data(todo: list) -> None:
     """Simulate the benchmark splits once, before the runs start side by side."""
     if not todo:
         return
-    from set_lightning.cli import make_cli
+    from set_lightning.lightning_cli import make_cli
 
-    sys.argv = sys.argv[:1]  # LightningCLI reads explicit args only
-    for label, args, _ in todo[:1]:  # the runs execute in REPO: the same cache folder
-        make_cli(args=[*BENCHMARK_DATA, *args, *COMMON, "--trainer.logger=false",
-                       f"--data.cache_dir={REPO / 'data_cache'}"], run=False).datamodule.prepare_data()
+    os.chdir(REPO)
+    for label, variant, seed in todo[:1]:
+        args = _run_spec(label, variant, seed, REPO / "runs" / "prepare").cli_args()
+        make_cli(args=[*args, "--trainer.logger=false"], run=False).datamodule.prepare_data()
 
 
 if __name__ == "__main__":

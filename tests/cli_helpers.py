@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,3 +45,33 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
         text=True,
         timeout=timeout,
     )
+
+
+#: sweep overrides for runs that take seconds: 32/16/15 trajectories, a small SET, no progress bar
+TINY = {
+    "data.n_train": 32, "data.n_val": 16, "data.n_test": 15, "data.batch_size": 16, "data.history": 2,
+    "trainer.max_epochs": 1, "trainer.accelerator": "cpu", "trainer.enable_model_summary": False,
+    "trainer.enable_progress_bar": False, "model.net.init_args.hidden": 8, "model.net.init_args.n_blocks": 1,
+    "model.net.init_args.n_spatial_layers": 1, "model.net.init_args.n_heads": 2,
+}
+
+
+def write_spec(folder: Path, spec: dict) -> Path:
+    """Write the ablation file ``spec`` as ``folder/ablations/<name>.yaml``."""
+    (folder / "ablations").mkdir(parents=True, exist_ok=True)
+    path = folder / "ablations" / f"{spec.get('name', 'tiny')}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def kill_after_first_result(cmd: list[str], cwd: Path, out: Path, timeout: float = 300) -> list[Path]:
+    """Start a sweep, SIGKILL it and every process it started once a run has finished; the results so far."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(out.rglob("result.json")) and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return list(out.rglob("result.json"))

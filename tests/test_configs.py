@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from cli_helpers import REPO
-from set_lightning.cli import make_cli
+from set_lightning.lightning_cli import make_cli
 from set_lightning.configs import CONF_DIR, DEFAULT_CONFIGS, resolve_config, resolve_config_args
-from set_lightning.sweep import expand, load_spec
-from set_lightning.sweep import main as sweep_main
+from set_lightning.experiments.spec import expand, load_spec
+from set_lightning.experiments.sweep import main as sweep_main
 
 CONF_FILES = sorted(CONF_DIR.rglob("*.yaml"))
 MODEL_FILES = sorted(CONF_DIR.glob("*.yaml"))
@@ -174,18 +174,18 @@ def test_ablation_file_expands_to_runs_that_parse(path, parser, tmp_path):
         first.setdefault(run.variant, run)
     assert set(first) == set(spec.variants)
     for run in first.values():
-        cfg = _parse(parser, list(run.cli_args))
+        cfg = _parse(parser, list(run.cli_args()))
         expected = {**spec.overrides, **spec.variants[run.variant], **dict(run.grid_point)}
         for key, value in expected.items():
             if key != "config":
                 assert cfg[key] == value, (run.variant, key)
 
 
-def test_benchmark_scripts_train_on_the_benchmark_split(parser):
+def test_benchmark_scripts_train_on_the_benchmark_split(parser, tmp_path):
     from benchmarks import time_to_accuracy as tta
 
-    for label, args in tta.MODELS.items():
-        cfg = _parse(parser, [*tta.BENCHMARK_DATA, *args, *tta.COMMON])
+    for label, variant in tta.MODELS.items():
+        cfg = _parse(parser, tta._run_spec(label, variant, 0, tmp_path / "run").cli_args())
         assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_particles) == (3000, 2000, 2000, 5)
         expected = 10 if "L=10" in label else 1 if "EGNN" in label or "L=1 " in label + " " else 5
         assert cfg.data.history == expected, label

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
+from cli_helpers import REPO, kill_after_first_result, write_spec
 
-from cli_helpers import REPO
 from set_lightning.errors import UserError
-from set_lightning.report import summarise, to_markdown, welch_p_value
-from set_lightning.sweep import expand, load_spec
-
-
-def _write_spec(folder: Path, spec: dict) -> Path:
-    (folder / "ablations").mkdir(parents=True, exist_ok=True)
-    path = folder / "ablations" / f"{spec.get('name', 'tiny')}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+from set_lightning.experiments.report import summarise, to_markdown, welch_p_value
+from set_lightning.experiments.spec import expand, load_spec
 
 
 def test_shipped_ablation_files_are_valid():
@@ -44,7 +34,7 @@ def _grid_size(spec) -> int:
 
 
 def test_expand_grid_variants_seeds(tmp_path):
-    path = _write_spec(tmp_path, {
+    path = write_spec(tmp_path, {
         "name": "g", "seeds": [0, 1, 2], "reference": "a",
         "variants": {"a": {}, "b": {"model.lr": 0.01}},
         "grid": {"data.n_particles": [5, 20]},
@@ -54,9 +44,14 @@ def test_expand_grid_variants_seeds(tmp_path):
     assert len(runs) == 12
     b20 = [r for r in runs if r.variant == "b" and dict(r.grid_point)["data.n_particles"] == 20]
     assert [r.seed for r in b20] == [0, 1, 2]
-    args = b20[0].cli_args
+    assert dict(b20[0].overrides) == {"model.lr": 0.01, "data.n_particles": 20, "trainer.max_epochs": 1}
+    args = b20[0].cli_args()
     assert "--model.lr=0.01" in args and "--data.n_particles=20" in args and "--trainer.max_epochs=1" in args
-    assert b20[0].run_dir == tmp_path / "out" / "g" / "b__n_particles=20" / "seed_0"
+    assert args[-1] == "--seed_everything=0"
+    assert b20[0].run_dir == (tmp_path / "out" / "g" / "b__n_particles=20" / "seed_0").resolve()
+    # the spec travels as data (run.json), not as argv
+    b20[0].save()
+    assert type(b20[0]).load(b20[0].run_dir) == b20[0]
 
 
 @pytest.mark.parametrize(
@@ -68,10 +63,11 @@ def test_expand_grid_variants_seeds(tmp_path):
         ({"bogus": 1}, "bogus"),
         ({"base": ["conf/nope.yaml"]}, "nope.yaml"),
         ({"grid": {"data.n_particles": []}}, "grid"),
+        ({"slurm": {"partiton": "gpu"}}, "partiton"),
     ],
 )
 def test_bad_specs_name_the_field(tmp_path, spec, field):
-    path = _write_spec(tmp_path, {"name": "bad", **spec})
+    path = write_spec(tmp_path, {"name": "bad", **spec})
     with pytest.raises(UserError, match=field):
         load_spec(path)
 
@@ -105,7 +101,7 @@ def _sweep_cmd(spec: Path, out: Path) -> list[str]:
 
 
 def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
-    spec = _write_spec(tmp_path, {
+    spec = write_spec(tmp_path, {
         "name": "tiny",
         "seeds": [0, 1],
         "reference": "full",
@@ -122,14 +118,7 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
     # Start the sweep, kill it (and its worker) as soon as the first run has finished.
-    proc = subprocess.Popen(_sweep_cmd(spec, out), cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.rglob("result.json")) and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = list(out.rglob("result.json"))
+    finished = kill_after_first_result(_sweep_cmd(spec, out), tmp_path, out)
     assert len(finished) >= 1
     assert len(finished) < 4, "the sweep finished before it could be killed"
     before = {p: p.stat().st_mtime_ns for p in finished}
@@ -150,24 +139,3 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     assert (out / "tiny" / "report.png").stat().st_size > 1000
     # TensorBoard: one run directory per config/seed, with event files.
     assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
-
-
-def test_finished_run_from_other_arguments_or_config_is_never_reused(tmp_path, monkeypatch):
-    (tmp_path / "conf").mkdir()
-    cfg = tmp_path / "conf" / "m.yaml"
-    cfg.write_text("model:\n  lr: 0.001\n")
-    path = _write_spec(tmp_path, {"name": "s", "seeds": [0], "variants": {"a": {"config": "conf/m.yaml"}}})
-    (run,) = expand(load_spec(path, root=tmp_path), tmp_path / "out")
-    run.run_dir.mkdir(parents=True)
-    from set_lightning.run_one import config_digests
-
-    monkeypatch.chdir(tmp_path)
-    result = {"cli_args": list(run.cli_args), "config_sha256": config_digests(run.cli_args), "test_pos_mse": 0.1}
-    (run.run_dir / "result.json").write_text(json.dumps(result))
-    assert run.finished()["test_pos_mse"] == 0.1
-    cfg.write_text("model:\n  lr: 0.01\n")  # the config file changed since the run
-    with pytest.raises(UserError, match="earlier version of its config"):
-        run.finished()
-    (run.run_dir / "result.json").write_text(json.dumps(dict(result, cli_args=["--model.lr=1"])))
-    with pytest.raises(UserError, match="other arguments"):
-        run.finished()

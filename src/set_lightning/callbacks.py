@@ -1,17 +1,27 @@
-"""Callbacks used by the CLI: a compute budget for training, and writing predicted trajectories."""
+"""Callbacks used by the CLI: a compute budget for training, a per-epoch metrics CSV, a quieter
+progress bar and model summary, and writing (and drawing) predicted trajectories."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichModelSummary, RichProgressBar
+
+from set_lightning.files import write_text_atomic
+
+from set_lightning.errors import UserError
 
 CLOCKS = ("process", "wall")
+SELECT = ("worst", "first")
 
 
 class TimeBudget(Callback):
@@ -37,9 +47,9 @@ class TimeBudget(Callback):
                  curve_file: Optional[str] = None) -> None:
         super().__init__()
         if not budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+            raise UserError(f"budget_s must be > 0, got {budget_s}")
         if clock not in CLOCKS:
-            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+            raise UserError(f"clock must be one of {CLOCKS}, got {clock!r}")
         self.budget_s, self.clock, self.curve_file = float(budget_s), clock, curve_file
         self.elapsed = 0.0  # seconds spent training, on `clock`
         self.curve: list[dict[str, Any]] = []
@@ -105,25 +115,177 @@ class TimeBudget(Callback):
         self.curve = list(state_dict.get("curve", []))
 
 
+class InterruptHint(Callback):
+    """On Ctrl-C, says how to go on: the command that resumes the run from its ``last.ckpt``.
+
+    Lightning shuts down gracefully on Ctrl-C (checkpoints written so far are kept); this callback
+    then prints the command line with ``--ckpt_path <run>/checkpoints/last.ckpt`` (or, before the
+    first checkpoint, the command to start again) and sets ``interrupted``.
+
+    Args:
+        command: the interrupted command, program first (``["python -m set_lightning", "fit", ...]``).
+    """
+
+    def __init__(self, command: Sequence[str]) -> None:
+        super().__init__()
+        self.command = list(command)
+        self.interrupted = False
+
+    def resume_command(self, trainer: pl.Trainer) -> Optional[str]:
+        """The command that resumes from the run's ``last.ckpt`` (``None`` when none was written)."""
+        cb = trainer.checkpoint_callback
+        last = Path(cb.dirpath) / "last.ckpt" if cb is not None and cb.dirpath else None
+        if last is None or not last.is_file():
+            return None
+        words, skip = [], False
+        for word in self.command[1:]:
+            if skip:
+                skip = False
+            elif word == "--ckpt_path":
+                skip = True
+            elif not word.startswith("--ckpt_path="):
+                words.append(word)
+        return " ".join([self.command[0], shlex.join([*words, "--ckpt_path", str(last)])])
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        self.interrupted = True
+        if not trainer.is_global_zero:
+            return
+        resume = self.resume_command(trainer) if trainer.state.fn == "fit" else None
+        if resume:
+            print(f"interrupted; the checkpoints written so far are kept. Resume with:\n  {resume}", file=sys.stderr)
+        else:
+            print("interrupted; rerun the command to start again:\n  "
+                  + " ".join([self.command[0], shlex.join(self.command[1:])]), file=sys.stderr)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without the logger's version number (``v_num``), which says nothing
+    a user can act on (the run directory is printed at the end instead)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class ModelSummary(RichModelSummary):
+    """Lightning's rich model summary, without the FLOPs column when nothing was counted (the models
+    take a batch dict, so Lightning has no example input to count FLOPs with)."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  **summarize_kwargs: Any) -> None:
+        from lightning.pytorch.utilities.model_summary import get_human_readable_count
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs" or total_flops]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        for name, _ in columns:
+            table.add_column(name, justify="right" if name in ("Params", "FLOPs") else "left",
+                             style="dim" if name == " " else None)
+        for row in zip(*(values for _, values in columns)):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        line = (f"Trainable params: {get_human_readable_count(int(trainable_parameters))}   "
+                f"Total params: {get_human_readable_count(int(total_parameters))}   "
+                f"Size: {model_size:.3f} MB")
+        if total_flops:
+            line += f"   FLOPs: {get_human_readable_count(total_flops)}"
+        console.print(line)
+
+
+class MetricsCSV(Callback):
+    """Writes ``metrics.csv`` in the trainer's log directory: one row per training epoch, validation
+    run and test run, for users who do not run TensorBoard.
+
+    Columns: ``stage`` (``fit``, ``validate`` or ``test``), ``epoch``, ``step``, then every logged
+    metric of the epoch (``train/loss_epoch``, ``val/pos_mse``, ``test/pos_mse``, ...; per-step values
+    are left out). Rows already in the file (a resumed run, or a test of its checkpoint) are kept.
+
+    Args:
+        filename: the file's name inside the log directory.
+    """
+
+    def __init__(self, filename: str = "metrics.csv") -> None:
+        super().__init__()
+        self.filename = filename
+        self.rows: list[dict[str, Any]] = []
+        self.path: Optional[Path] = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.path is None and trainer.log_dir is not None:
+            self.path = Path(trainer.log_dir) / self.filename
+            if self.path.is_file():
+                with open(self.path, newline="") as f:
+                    self.rows = list(csv.DictReader(f))
+
+    def _append(self, trainer: pl.Trainer, stage: str) -> None:
+        if not trainer.is_global_zero or self.path is None:
+            return
+        row: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        prefix = {"fit": "", "validate": "val/", "test": "test/"}[stage]
+        metrics = trainer.callback_metrics
+        for key, value in sorted(metrics.items()):
+            # per-step values are left out, and so are the unsuffixed twins of on_step+on_epoch metrics
+            if key.startswith(prefix) and not key.endswith("_step") and f"{key}_epoch" not in metrics and key != "loss":
+                row[key] = f"{float(value):.6g}"
+        self.rows.append(row)
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, text.getvalue())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._append(trainer, "fit")  # after the epoch's validation: both are in callback_metrics
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._append(trainer, "validate")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._append(trainer, "test")
+
+
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict`` outputs to ``<output_dir>/predictions.pt`` and a PNG of true vs predicted paths.
+    """Writes ``predict`` outputs to ``<output_dir>/predictions.pt`` and draws some trajectories.
 
     The ``.pt`` file holds a dict of tensors concatenated over the predict set: ``x``/``v``
     ``(S, L, N, 3)`` history, ``charges`` ``(S, N, 1)``, ``x_target``/``v_target``/``x_pred``/
-    ``v_pred`` ``(S, N, 3)``, and ``pos_mse`` (a scalar). Under DDP each rank writes
-    ``predictions_rank<r>.pt`` holding its shard.
+    ``v_pred`` ``(S, N, 3)``, ``x_path`` ``(S, K, N, 3)`` (the simulated positions from the input to
+    the target frame), ``pos_mse_per_traj`` ``(S,)`` (each trajectory's position MSE), ``min_dist``
+    ``(S,)`` (closest particle pair between the input and the target frame) and ``pos_mse`` (the
+    scalar over all of them). Under DDP each rank writes ``predictions_rank<r>.pt`` holding its shard.
+
+    The figure (``predictions.png``, and the TensorBoard image ``predictions`` when the trainer logs
+    to TensorBoard) shows ``n_plot`` trajectories, one row each, in the x-y, x-z and y-z planes: each
+    particle's history, its true path from the simulation up to the true target, the prediction, and
+    the error as a red segment from the true target to the prediction.
 
     Args:
         output_dir: folder for the files; ``None`` = the trainer's log directory (or ``predictions``).
-        n_plot: how many trajectories to draw in ``predictions.png``.
+        n_plot: how many trajectories to draw (0: no figure).
+        select: which ones: ``worst`` (the highest position MSE) or ``first`` (in data order).
     """
 
-    def __init__(self, output_dir: Optional[str] = None, n_plot: int = 4) -> None:
+    def __init__(self, output_dir: Optional[str] = None, n_plot: int = 4,
+                 select: Literal["worst", "first"] = "worst") -> None:
         super().__init__(write_interval="epoch")
         if n_plot < 0:
-            raise ValueError(f"n_plot must be >= 0, got {n_plot}")
+            raise UserError(f"n_plot must be >= 0, got {n_plot}")
+        if select not in SELECT:
+            raise UserError(f"select must be one of {SELECT}, got {select!r}")
         self.output_dir = output_dir
         self.n_plot = n_plot
+        self.select = select
         self.written: list[Path] = []
 
     def _dir(self, trainer: pl.Trainer) -> Path:
@@ -148,34 +310,87 @@ class PredictionWriter(BasePredictionWriter):
         torch.save(merged, out / name)
         self.written.append(out / name)
         if trainer.global_rank == 0 and self.n_plot > 0:
+            import matplotlib.pyplot as plt
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            fig = prediction_figure(merged, pick_trajectories(merged, self.n_plot, self.select), self.select)
             png = out / "predictions.png"
-            plot_predictions(merged, png, self.n_plot)
+            fig.savefig(png, dpi=100)
             self.written.append(png)
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_figure("predictions", fig, global_step=trainer.global_step, close=False)
+                    logger.experiment.flush()
+            plt.close(fig)
         if trainer.global_rank == 0:
             print(f"wrote predictions to {out / name} (position MSE {merged['pos_mse'].item():.5f})")
 
 
-def plot_predictions(pred: dict[str, torch.Tensor], path: Path, n_plot: int = 4) -> None:
-    """Draw, for ``n_plot`` samples, each particle's history (x-y plane), true and predicted targets."""
+def pick_trajectories(pred: dict[str, torch.Tensor], n: int, select: str = "worst") -> list[int]:
+    """Indices of ``n`` trajectories: the ``worst`` (highest position MSE first) or the ``first``."""
+    per = pred.get("pos_mse_per_traj")
+    if per is None:
+        per = (pred["x_pred"] - pred["x_target"]).square().mean(dim=(-2, -1))
+    n = min(n, per.shape[0])
+    if select == "first":
+        return list(range(n))
+    return torch.argsort(per, descending=True)[:n].tolist()
+
+
+PLANES = ((0, 1), (0, 2), (1, 2))
+
+
+def prediction_figure(pred: dict[str, torch.Tensor], indices: Sequence[int], select: str = "worst") -> Any:
+    """A matplotlib figure: one row per trajectory in ``indices``, one column per plane (x-y, x-z, y-z).
+
+    Per particle (one colour each): the history (solid, dots at the frames), the true path from the
+    simulation (dashed; ``x_path`` when ``pred`` has it, else a straight segment to the target), the
+    true target (star), the prediction (cross) and the error (red segment from target to prediction).
+
+    Shapes: pred["x"] ``(S, L, N, 3)``, pred["x_target"], pred["x_pred"] ``(S, N, 3)``, optional
+    pred["x_path"] ``(S, K, N, 3)``, pred["pos_mse_per_traj"], pred["min_dist"] ``(S,)``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    n_plot = min(n_plot, pred["x"].shape[0])
-    fig, axes = plt.subplots(1, n_plot, figsize=(4 * n_plot, 4), squeeze=False)
+    rows = max(1, len(indices))
+    fig, axes = plt.subplots(rows, 3, figsize=(12, 3.6 * rows + 0.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, ax in enumerate(axes[0]):
+    labels = "xyz"
+    for row, k in enumerate(indices):
         hist, tgt, prd = pred["x"][k], pred["x_target"][k], pred["x_pred"][k]
-        for i in range(hist.shape[1]):
-            c = colors[i % len(colors)]
-            ax.plot(hist[:, i, 0], hist[:, i, 1], "-o", color=c, ms=2, alpha=0.6)
-            ax.plot([hist[-1, i, 0], tgt[i, 0]], [hist[-1, i, 1], tgt[i, 1]], ":", color=c, alpha=0.5)
-            ax.plot(tgt[i, 0], tgt[i, 1], "*", color=c, ms=10)
-            ax.plot(prd[i, 0], prd[i, 1], "x", color=c, ms=8, mew=2)
-        ax.set_title(f"sample {k}: mse {torch.mean((prd - tgt) ** 2).item():.4f}")
-        ax.set_aspect("equal", adjustable="datalim")
-    fig.suptitle("history (lines), true target (*), predicted (x); x-y plane")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        path = pred["x_path"][k] if "x_path" in pred else torch.stack([hist[-1], tgt])
+        mse = torch.mean((prd - tgt) ** 2).item()
+        closest = f", closest pair {pred['min_dist'][k].item():.3f}" if "min_dist" in pred else ""
+        for col, (a, b) in enumerate(PLANES):
+            ax = axes[row][col]
+            for i in range(hist.shape[1]):
+                c = colors[i % len(colors)]
+                ax.plot([tgt[i, a], prd[i, a]], [tgt[i, b], prd[i, b]], "-", color="red", lw=1.2, alpha=0.8, zorder=2)
+                ax.plot(hist[:, i, a], hist[:, i, b], "-o", color=c, ms=3, lw=2.0, zorder=3)
+                ax.plot(path[:, i, a], path[:, i, b], "--", color=c, lw=1.5, zorder=3)
+                ax.plot(tgt[i, a], tgt[i, b], "*", color=c, ms=11, mec="black", mew=0.5, zorder=4)
+                ax.plot(prd[i, a], prd[i, b], "X", color=c, ms=8, mec="black", mew=0.5, zorder=4)
+            ax.set_xlabel(labels[a])
+            ax.set_ylabel(labels[b])
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_title(f"trajectory {k}: position MSE {mse:.4g}{closest}", loc="left", fontsize=10)
+    handles = [
+        Line2D([], [], color="grey", marker="o", ms=3, lw=2.0, label="history (input frames)"),
+        Line2D([], [], color="grey", ls="--", lw=1.5, label="true path (simulation)"),
+        Line2D([], [], color="grey", marker="*", ms=11, ls="none", mec="black", label="true target"),
+        Line2D([], [], color="grey", marker="X", ms=8, ls="none", mec="black", label="prediction"),
+        Line2D([], [], color="red", lw=1.5, label="error (target to prediction)"),
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=9, frameon=False)
+    what = "highest position MSE" if select == "worst" else "first"
+    height = fig.get_figheight()
+    fig.suptitle(f"{len(indices)} of {pred['x'].shape[0]} trajectories ({what}); colours: particles",
+                 y=1 - 0.3 / height, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / height))
+    return fig

@@ -1,52 +1,75 @@
-"""User-facing errors: one clear line on stderr and a non-zero exit code, no traceback wall."""
+"""User-facing errors: one clear line on stderr and a non-zero exit code, no traceback wall.
+
+The bottom of the package: it imports nothing from ``set_lightning``. Config checks everywhere
+(data module, Lightning module, models, callbacks, sweeps) raise :class:`UserError`; the entry
+point runs commands through :func:`run_with_clean_errors`, which shows those, the command-line
+parser's errors and Lightning's verdicts on trainer settings as one ``error: ...`` line. Any other
+exception, a ``ValueError`` from a bug included, keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
-class UserError(Exception):
-    """A problem with the user's input (config value, file, checkpoint) rather than a bug."""
+class UserError(ValueError):
+    """A problem with the user's input (a config value, a file, a checkpoint), not a bug.
+
+    A ``ValueError`` subclass, so callers that catch bad values as ``ValueError`` keep working; but
+    only this type (not every ``ValueError``) is shown as a one-line error.
+    """
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from argparse import ArgumentError
+    from argparse import ArgumentError  # jsonargparse's parse errors (exit_on_error=False)
 
-    from set_lightning.lit import NonFiniteLossError
+    types: tuple[type[BaseException], ...] = (UserError, ArgumentError, PermissionError)
+    try:  # Lightning's verdict on a trainer setting (e.g. max_epochs -3)
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:
+        return types
+    return (*types, MisconfigurationException)
 
-    return (UserError, ValueError, FileNotFoundError, NonFiniteLossError, ArgumentError)
 
-
-def _one_line(err: BaseException) -> str:
-    """The message of ``err`` folded onto one line, with a hint where the error is a config key."""
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` folded onto one line."""
     text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-    if "model.net" in text and ("import path" in text or "class_path" in text):
-        from set_lightning.models import MODELS
-
-        names = ", ".join(cls.__name__ for cls in MODELS.values())
-        text += f" (allowed models: {names}, or a full class path)"
     if "unrecognized arguments" in text or "No action for key" in text:
         text += " (see --help for the options, --print_config for the full configuration)"
     return text
 
 
-def run_with_clean_errors(fn: Callable[[], Any]) -> int:
-    """Run ``fn``; turn user errors into ``error: <message>`` on stderr and exit code 1.
+def _root_user_error(err: BaseException) -> Optional[BaseException]:
+    """``err`` or, when a wrapper (jsonargparse, Lightning) raised it from a user error, that user error."""
+    seen = set()
+    cause: Optional[BaseException] = err
+    found = None
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, _user_error_types()):
+            found = cause
+        cause = cause.__cause__
+    return found
 
-    Set ``SET_LIGHTNING_TRACEBACK=1`` to get the full traceback instead.
+
+def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], str]] = None) -> int:
+    """Run ``fn``; turn user errors into ``error: <message>`` on stderr and return 1 (0 on success).
+
+    ``hint`` may append advice to a message (e.g. the allowed model names). Set
+    ``SET_LIGHTNING_TRACEBACK=1`` to get the full traceback instead.
     """
     if os.environ.get("SET_LIGHTNING_TRACEBACK"):
         fn()
         return 0
     try:
         fn()
-    except _user_error_types() as err:  # noqa: PERF203
-        cause = err
-        # jsonargparse wraps errors raised while instantiating classes; show the root message.
-        while cause.__cause__ is not None and isinstance(cause.__cause__, _user_error_types()):
-            cause = cause.__cause__
-        print(f"error: {_one_line(cause)}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is (or wraps) a user error
+        cause = _root_user_error(err)
+        if cause is None:
+            raise
+        text = one_line(cause)
+        print(f"error: {hint(text) if hint else text}", file=sys.stderr)
         return 1
     return 0

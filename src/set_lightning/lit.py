@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -11,7 +13,9 @@ from torch import nn
 from torchmetrics import MeanSquaredError
 
 from set_lightning.callbacks import TimeBudget
+from set_lightning.errors import UserError
 from set_lightning.models.base import NBodyModel
+from set_lightning.models.registry import build_from_config
 
 Batch = dict[str, torch.Tensor]
 SCHEDULERS = ("none", "cosine", "plateau")
@@ -40,8 +44,8 @@ def error_summary(per_traj: torch.Tensor, min_dist: torch.Tensor | None, close_b
     return out
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
+class NonFiniteLossError(UserError):
+    """Raised when the training loss becomes NaN or infinite (a setting to change: one error line)."""
 
 
 class SETLightningModule(pl.LightningModule):
@@ -52,7 +56,8 @@ class SETLightningModule(pl.LightningModule):
     positions over batch x N x 3), ``{stage}/vel_mse`` and ``{stage}/loss``.
 
     Args:
-        net: the model, any ``NBodyModel`` subclass (``SET``, ``EGNN``, ``MLP``, ``Linear``, ``LSTM``).
+        net: the model, any ``NBodyModel`` subclass (``SET``, ``EGNN``, ``MLP``, ``Linear``, ``LSTM``), or
+            its config ``{"class_path": ..., "init_args": {...}}`` (how checkpoints store it).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
         pos_weight: weight of the position MSE in the training loss.
@@ -71,6 +76,11 @@ class SETLightningModule(pl.LightningModule):
     Validation and test also log the distribution of the per-trajectory position MSE over the
     whole split (gathered across DDP ranks): ``{stage}/pos_mse_median``, ``_p90``, ``_p99``,
     ``_max``, ``_calm``, ``_close`` and ``{stage}/close_frac``.
+
+    ``hparams`` hold these arguments and ``net``: the model's ``class_path`` and every init argument
+    (:meth:`~set_lightning.models.base.NBodyModel.config`), so a checkpoint rebuilds its model.
+    TensorBoard's HParams view gets :meth:`hparams_for_logging` (model, data and seed) with
+    ``hp/val_pos_mse``, the best validation MSE so far, and ``hp/test_pos_mse``.
     """
 
     def __init__(
@@ -86,26 +96,32 @@ class SETLightningModule(pl.LightningModule):
         close_encounter: float = 0.1,
     ) -> None:
         super().__init__()
+        if isinstance(net, Mapping):
+            net = build_from_config(net)
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be an NBodyModel (nn.Module), got {type(net).__name__}")
         if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive finite number, got {lr}")
+            raise UserError(f"lr must be a positive finite number, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise UserError(f"weight_decay must be >= 0, got {weight_decay}")
         if pos_weight < 0 or vel_weight < 0 or pos_weight + vel_weight == 0:
-            raise ValueError(
+            raise UserError(
                 f"pos_weight and vel_weight must be >= 0 and not both 0, got {pos_weight}, {vel_weight}"
             )
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+            raise UserError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if plateau_patience < 1:
-            raise ValueError(f"plateau_patience must be >= 1, got {plateau_patience}")
+            raise UserError(f"plateau_patience must be >= 1, got {plateau_patience}")
         if warmup_steps < 0 or (warmup_steps and scheduler == "plateau"):
-            raise ValueError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
+            raise UserError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
         if not close_encounter > 0:
-            raise ValueError(f"close_encounter must be > 0, got {close_encounter}")
-        self.save_hyperparameters(ignore=["net"] if not _from_cli() else None)
+            raise UserError(f"close_encounter must be > 0, got {close_encounter}")
+        # logger=False: the logger gets hparams_for_logging() (model, data and seed) at train start
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.hparams["net"] = net.config() if isinstance(net, NBodyModel) else {"class_path": type(net).__name__}
         self.net = net
+        #: the lowest validation position MSE seen so far (kept in checkpoints)
+        self.best_val_pos_mse = float("inf")
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{kind}": MeanSquaredError()
@@ -147,9 +163,11 @@ class SETLightningModule(pl.LightningModule):
                 "trainer.gradient_clip_val. Checkpoints written so far are kept.".format(self.hparams.lr)
             )
         bs = batch["x"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/pos_mse", pos, batch_size=bs)
-        self.log("train/vel_mse", vel, batch_size=bs)
+        # per step (every trainer.log_every_n_steps) and per epoch: train/loss_step, train/loss_epoch
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)  # the progress bar's
+        self.log("train/pos_mse", pos, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train/vel_mse", vel, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
@@ -186,43 +204,69 @@ class SETLightningModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Inputs, targets and predictions of a batch, and each trajectory's position MSE.
+
+        Shapes: x, v ``(B, L, N, 3)``; charges ``(B, N, 1)``; x_target, v_target, x_pred, v_pred
+        ``(B, N, 3)``; pos_mse_per_traj ``(B,)``; and, when the batch has them, min_dist ``(B,)``
+        and x_path ``(B, K, N, 3)`` (the simulated frames from the input to the target frame).
+        """
         x_pred, v_pred = self(batch)
-        return {
+        x_pred = x_pred.float()
+        out = {
             "x": batch["x"],
             "v": batch["v"],
             "charges": batch["charges"],
             "x_target": batch["x_target"],
             "v_target": batch["v_target"],
-            "x_pred": x_pred.float(),
+            "x_pred": x_pred,
             "v_pred": v_pred.float(),
+            "pos_mse_per_traj": (x_pred - batch["x_target"]).square().mean(dim=(-2, -1)),
         }
+        out.update({k: batch[k] for k in ("min_dist", "x_path") if k in batch})
+        return out
 
-    def on_train_start(self) -> None:
-        if self.logger is not None:
+    def setup(self, stage: str) -> None:
+        # before Lightning saves the logger's hparams.yaml at the start of fit, so that file gets them too
+        if stage == "fit" and self.logger is not None:
             self.logger.log_hyperparams(
-                self.hparams_for_logging(), {"hp/val_pos_mse": float("nan"), "hp/test_pos_mse": float("nan")}
+                self.hparams_for_logging(self.trainer.datamodule),
+                {"hp/val_pos_mse": float("nan"), "hp/test_pos_mse": float("nan")},
             )
 
-    def hparams_for_logging(self) -> dict[str, Any]:
-        """Flat, TensorBoard-friendly hyper-parameters, including the model's class and size."""
-        flat: dict[str, Any] = {
-            "model": type(self.net).__name__,
-            "n_params": self.net.n_params,
-        }
-        for k, v in self.hparams.items():
-            if isinstance(v, (int, float, str, bool)):
-                flat[k] = v
+    def hparams_for_logging(self, datamodule: Optional[pl.LightningDataModule] = None) -> dict[str, Any]:
+        """Flat, TensorBoard-friendly hyper-parameters: what an ablation varies.
+
+        ``model`` (class name), ``n_params``, this module's arguments (``lr``, ``scheduler``, ...), every
+        init argument of the model as ``net.<name>``, the settings of ``datamodule`` (when given) as
+        ``data.<name>`` and ``seed`` (``seed_everything``'s value).
+        """
+        flat: dict[str, Any] = {"model": type(self.net).__name__, "n_params": self.net.n_params}
+        flat.update({k: v for k, v in self.hparams.items() if _loggable(k, v)})
+        flat.update({f"net.{k}": v for k, v in self.hparams["net"].get("init_args", {}).items() if _loggable(k, v)})
+        if datamodule is not None:
+            flat.update({f"data.{k}": v for k, v in datamodule.hparams.items()
+                         if _loggable(k, v) and k not in ("cache_dir", "num_workers")})
+        seed = os.environ.get("PL_GLOBAL_SEED")  # set by lightning's seed_everything
+        flat["seed"] = int(seed) if seed is not None and seed.lstrip("-").isdigit() else "none"
         return flat
 
     def on_validation_epoch_end(self) -> None:
         self._log_error_summary("val")
         if not self.trainer.sanity_checking and "val/pos_mse" in self.trainer.callback_metrics:
-            self.log("hp/val_pos_mse", self.trainer.callback_metrics["val/pos_mse"])
+            current = float(self.trainer.callback_metrics["val/pos_mse"])
+            self.best_val_pos_mse = min(self.best_val_pos_mse, current)
+            self.log("hp/val_pos_mse", self.best_val_pos_mse)
 
     def on_test_epoch_end(self) -> None:
         self._log_error_summary("test")
         if "test/pos_mse" in self.trainer.callback_metrics:
             self.log("hp/test_pos_mse", self.trainer.callback_metrics["test/pos_mse"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_pos_mse"] = self.best_val_pos_mse
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_pos_mse = float(checkpoint.get("best_val_pos_mse", float("inf")))
 
     # ------------------------------------------------------------------ optimisation
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -260,8 +304,6 @@ class SETLightningModule(pl.LightningModule):
         return done
 
 
-def _from_cli() -> bool:
-    """True while LightningCLI instantiates the module (it then records the net's config)."""
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    return _given_hyperparameters.get() is not None
+def _loggable(key: str, value: Any) -> bool:
+    """A plain scalar setting (not an internal ``_key`` of LightningCLI, not a nested config)."""
+    return not key.startswith("_") and isinstance(value, (int, float, str, bool))

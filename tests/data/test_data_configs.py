@@ -10,7 +10,7 @@ import torch
 import yaml
 from cli_helpers import REPO, run_cli, tiny_args
 
-from set_lightning.cli import make_cli
+from set_lightning.lightning_cli import make_cli
 from set_lightning.data import NBodyDataModule
 
 CONFIGS = {

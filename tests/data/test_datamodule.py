@@ -223,10 +223,11 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_mod.torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
         load_or_generate(spec, tmp_path)
-    assert list(tmp_path.iterdir()) == []  # neither a half-written cache file nor a temporary
+    # neither a half-written cache file nor a temporary (only the generation lock's empty file)
+    assert [p.name for p in tmp_path.iterdir()] == [f".{spec.filename()}.lock"]
     monkeypatch.undo()
     load_or_generate(spec, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [spec.filename()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{spec.filename()}.lock", spec.filename()]
 
 
 def test_spec_key_covers_every_parameter():

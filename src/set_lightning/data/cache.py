@@ -18,7 +18,9 @@ changing those needs no regeneration.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 
 from set_lightning.data.gravity import gravity_frames, sample_gravity, simulate_gravity
@@ -39,9 +42,12 @@ from set_lightning.data.simulator import (
     simulate_charged,
 )
 from set_lightning.data.springs import sample_springs, simulate_springs
+from set_lightning.errors import UserError
+from set_lightning.files import unwritable_reason
 
 __all__ = [
     "FORMAT_VERSION",
+    "SIMULATOR_CODE",
     "SPECS",
     "SYSTEMS",
     "CacheWarning",
@@ -57,8 +63,21 @@ __all__ = [
     "load_or_generate",
 ]
 
-#: Bump when the file layout or the simulator's output changes: old files then miss the cache.
+#: Bump when the file layout changes: old files then miss the cache.
 FORMAT_VERSION = 1
+
+
+
+def _code_digest(*functions: Any) -> str:
+    """Hash of the source of the modules defining ``functions`` (parsed: comments and layout do not count)."""
+    h = hashlib.sha256()
+    for path in sorted({inspect.getsourcefile(f) for f in functions}):
+        h.update(ast.dump(ast.parse(Path(path).read_text())).encode())
+    return h.hexdigest()[:16]
+
+
+#: the simulators' code version (every system's module), part of every cache key
+SIMULATOR_CODE = _code_digest(simulate_charged, simulate_springs, simulate_gravity)
 
 #: The simulated systems, by ``--data.system`` name.
 SYSTEMS = ("charged", "springs", "gravity")
@@ -125,6 +144,7 @@ class _SpecBase:
         meta["split_seed"] = split_seed(self.seed, self.split, self.system)
         meta["format_version"] = FORMAT_VERSION
         meta["simulator"] = self.simulator
+        meta["simulator_code"] = SIMULATOR_CODE
         return meta
 
     def key(self) -> str:
@@ -390,10 +410,36 @@ def load_or_generate(spec: Spec, cache_dir: str | os.PathLike) -> Trajectories:
 
     Returns:
         :class:`Trajectories` (float64, CPU).
+
+    Raises:
+        UserError: the split must be simulated but ``cache_dir`` is not writable (checked before
+            simulating, so no minutes are spent on data that cannot be kept).
     """
     path = Path(cache_dir) / spec.filename()
     data = load_trajectories(path, spec)
     if data is None:
-        data = generate_trajectories(spec)
-        save_trajectories(path, spec, data)
+        reason = unwritable_reason(cache_dir)
+        if reason is not None:
+            raise UserError(
+                f"cache_dir: the {spec.split} split ({spec.count} trajectories) must be simulated and cached in "
+                f"{cache_dir}, but {reason}; choose a writable cache_dir"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        seen = _file_state(path)
+        # one process simulates a split; the others asking for it meanwhile wait, then load its file
+        with FileLock(str(path.with_name(f".{path.name}.lock"))):
+            if _file_state(path) != seen:
+                data = load_trajectories(path, spec)
+            if data is None:
+                data = generate_trajectories(spec)
+                save_trajectories(path, spec, data)
     return data
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of ``path``: tells whether another process replaced it; None if absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

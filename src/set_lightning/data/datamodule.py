@@ -14,16 +14,19 @@ from torch.utils.data import DataLoader
 from set_lightning.data.cache import SPECS, SYSTEMS, Spec, Trajectories, load_or_generate
 from set_lightning.data.datasets import NBodyDataset
 from set_lightning.data.source import load_source, split_source
+from set_lightning.errors import UserError
 
 __all__ = ["NBodyDataModule", "validate_nbody_params", "validate_system_options"]
 
 SPLITS = ("train", "val", "test")
-_STAGE_SPLITS = {
+#: the simulated splits each stage reads (predict reads the test split)
+STAGE_SPLITS = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
     "predict": ("test",),
 }
+COUNT_FIELDS = {"train": "n_train", "val": "n_val", "test": "n_test"}
 
 
 def validate_nbody_params(
@@ -43,49 +46,49 @@ def validate_nbody_params(
     system: str = "charged",
     source_frames: int | None = None,
 ) -> None:
-    """Raise a ValueError naming the first invalid field and its allowed values.
+    """Raise a :class:`~set_lightning.errors.UserError` naming the first invalid field and its allowed values.
 
     ``system`` sets how many frames a simulation saves (gravity saves its initial state too);
     ``source_frames`` is the number of frames of a trajectory file, when the data come from one.
     """
     if system not in SYSTEMS:
-        raise ValueError(f"system must be one of {', '.join(SYSTEMS)}, got {system!r}")
+        raise UserError(f"system must be one of {', '.join(SYSTEMS)}, got {system!r}")
     if n_particles < 2:
-        raise ValueError(f"n_particles must be >= 2, got {n_particles}")
+        raise UserError(f"n_particles must be >= 2, got {n_particles}")
     for name, count in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+            raise UserError(f"{name} must be >= 0, got {count}")
     if sample_freq < 1:
-        raise ValueError(f"sample_freq must be >= 1, got {sample_freq}")
+        raise UserError(f"sample_freq must be >= 1, got {sample_freq}")
     if steps < 2 * sample_freq or steps % sample_freq != 0:
-        raise ValueError(
+        raise UserError(
             f"steps must be a multiple of sample_freq ({sample_freq}) and at least 2 * sample_freq "
             f"(one saved frame), got {steps}"
         )
     if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
+        raise UserError(f"dt must be > 0, got {dt}")
     n_frames = _n_frames(system, steps, sample_freq, source_frames)
     if history < 1:
-        raise ValueError(f"history must be >= 1, got {history}")
+        raise UserError(f"history must be >= 1, got {history}")
     if input_frame < 0:
-        raise ValueError(f"input_frame must be >= 0 (a 0-indexed saved frame), got {input_frame}")
+        raise UserError(f"input_frame must be >= 0 (a 0-indexed saved frame), got {input_frame}")
     if input_frame - history + 1 < 0:
-        raise ValueError(
+        raise UserError(
             f"history must be in 1..{input_frame + 1} (frames 0..input_frame={input_frame} are available), "
             f"got {history}"
         )
     if target_frame <= input_frame:
-        raise ValueError(f"target_frame must be > input_frame ({input_frame}), got {target_frame}")
+        raise UserError(f"target_frame must be > input_frame ({input_frame}), got {target_frame}")
     if target_frame > n_frames - 1:
         where = ("in data.source" if source_frames is not None
                  else f"saved with system={system}, steps={steps}, sample_freq={sample_freq}")
-        raise ValueError(
+        raise UserError(
             f"target_frame must be <= {n_frames - 1} (the last of the {n_frames} frames {where}), got {target_frame}"
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        raise UserError(f"num_workers must be >= 0, got {num_workers}")
 
 
 def _n_frames(system: str, steps: int, sample_freq: int, source_frames: int | None = None) -> int:
@@ -119,34 +122,34 @@ def validate_system_options(
              "spring_prob": spring_prob}
     if source is not None:
         if system != "charged":
-            raise ValueError(
+            raise UserError(
                 f"system does not apply with data.source (the file holds the trajectories): leave it unset, "
                 f"got {system!r}"
             )
         for name, value in given.items():
             if value is not None:
-                raise ValueError(f"{name} applies to simulated data only, not to data.source: leave it unset")
+                raise UserError(f"{name} applies to simulated data only, not to data.source: leave it unset")
     else:
         for name, value in given.items():
             if value is not None and system not in _SYSTEM_OPTIONS[name]:
                 users = " or ".join(_SYSTEM_OPTIONS[name])
-                raise ValueError(f"{name} applies to system {users} only (system is {system!r}): leave it unset")
+                raise UserError(f"{name} applies to system {users} only (system is {system!r}): leave it unset")
         if split_fractions is not None:
-            raise ValueError(
+            raise UserError(
                 "split_fractions applies to data.source only; simulated splits use n_train / n_val / n_test"
             )
     if interaction_strength is not None and not math.isfinite(interaction_strength):
-        raise ValueError(f"interaction_strength must be a finite number, got {interaction_strength}")
+        raise UserError(f"interaction_strength must be a finite number, got {interaction_strength}")
     if softening is not None and not softening >= 0:
-        raise ValueError(f"softening must be >= 0, got {softening}")
+        raise UserError(f"softening must be >= 0, got {softening}")
     if mass_range is not None and (len(mass_range) != 2 or not 0 < mass_range[0] <= mass_range[1]):
-        raise ValueError(f"mass_range must be [low, high] with 0 < low <= high, got {list(mass_range)}")
+        raise UserError(f"mass_range must be [low, high] with 0 < low <= high, got {list(mass_range)}")
     if spring_prob is not None and not 0 <= spring_prob <= 1:
-        raise ValueError(f"spring_prob must be in [0, 1], got {spring_prob}")
+        raise UserError(f"spring_prob must be in [0, 1], got {spring_prob}")
     if split_fractions is not None and (
         len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) > 1 + 1e-9
     ):
-        raise ValueError(
+        raise UserError(
             f"split_fractions must be three fractions [train, val, test], each >= 0, summing to <= 1, "
             f"got {list(split_fractions)}"
         )
@@ -241,7 +244,8 @@ class NBodyDataModule(pl.LightningDataModule):
             num_workers=num_workers, steps=steps, sample_freq=sample_freq, dt=dt, system=system,
             source_frames=None if source_data is None else source_data.x.shape[1],
         )
-        self.save_hyperparameters()
+        # kept in checkpoints (test/predict of a checkpoint reuse them); the module logs them itself
+        self.save_hyperparameters(logger=False)
         self.n_particles = n_particles if source_data is None else source_data.x.shape[2]
         self.counts = counts
         self.history = history
@@ -281,7 +285,7 @@ class NBodyDataModule(pl.LightningDataModule):
     def spec(self, split: str) -> Spec:
         """The cache key / generation parameters of one simulated split."""
         if self.source is not None:
-            raise ValueError(f"data.source: the {split} split comes from {self.source}, not from a simulation")
+            raise UserError(f"data.source: the {split} split comes from {self.source}, not from a simulation")
         return SPECS[self.system](
             split=split, count=self.counts[split], n_particles=self.n_particles, steps=self.steps,
             sample_freq=self.sample_freq, dt=self.dt, seed=self.seed, **self.system_options,
@@ -293,27 +297,46 @@ class NBodyDataModule(pl.LightningDataModule):
             return self.source_splits[split]
         return load_or_generate(self.spec(split), self.cache_dir)
 
+    def splits_for(self, stage: str | None) -> tuple[str, ...]:
+        """The splits ``stage`` reads (all three when ``None``).
+
+        Raises:
+            UserError: one of them has no trajectories (names ``n_train``, ``n_val`` or ``n_test``).
+        """
+        if stage is None:
+            return SPLITS
+        splits = STAGE_SPLITS.get(stage, SPLITS)
+        for split in splits:
+            if self.counts[split] < 1:
+                field = COUNT_FIELDS[split]
+                raise UserError(f"{field} must be >= 1 to {stage} (it reads the {split} split), got {self.counts[split]}")
+        return splits
+
     def prepare_data(self) -> None:
-        """Simulate and cache every split that is not cached yet (rank 0 only under DDP); nothing for a file."""
+        """Simulate and cache the splits the trainer's stage reads (all when used without a trainer).
+
+        Runs on rank 0 only under DDP, before the trainer creates its log directory, so a bad count or
+        an unwritable ``cache_dir`` fails before anything is written. Nothing to do for a file source.
+        """
         if self.source is not None:
             return
-        for split in SPLITS:
+        state = self.trainer.state.fn if self.trainer is not None else None
+        for split in self.splits_for(state.value if state is not None else None):
             self.trajectories(split)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits ``stage`` needs (all when None) into memory."""
-        splits = SPLITS if stage is None else _STAGE_SPLITS.get(stage, SPLITS)
-        for split in splits:
-            if split not in self.datasets:
-                self.datasets[split] = NBodyDataset(
-                    self.trajectories(split), self.history, self.input_frame, self.target_frame
-                )
+        """Load the splits ``stage`` needs (all when None) into memory; predict's keeps the true paths."""
+        for split in self.splits_for(stage):
+            name = "predict" if stage == "predict" else split
+            if name not in self.datasets:
+                self.datasets[name] = NBodyDataset(self.trajectories(split), self.history, self.input_frame,
+                                                   self.target_frame, with_path=name == "predict")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.setup(next(stage for stage, splits in _STAGE_SPLITS.items() if split in splits))
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.datasets:
+            self.setup({"train": "fit", "val": "validate"}.get(name, name))
         return DataLoader(
-            self.datasets[split],
+            self.datasets[name],
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -334,5 +357,5 @@ class NBodyDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in order."""
-        return self._loader("test", shuffle=False)
+        """The test split, in order, with the true paths (``x_path``)."""
+        return self._loader("predict", shuffle=False)

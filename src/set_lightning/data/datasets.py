@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from set_lightning.data.cache import Trajectories
+from set_lightning.errors import UserError
 
 __all__ = ["CLOSE_ENCOUNTER", "NBodyDataset", "min_pair_distance"]
 
@@ -29,29 +30,34 @@ class NBodyDataset(Dataset):
         history: number of input frames ``L`` (>= 1).
         input_frame: last input frame (0-indexed into the ``T`` saved frames).
         target_frame: frame to predict (> ``input_frame``).
+        with_path: also serve ``"x_path"``, the simulated positions of the frames ``input_frame ..
+            target_frame`` (what a plot of the true trajectory needs; the predict split has it).
 
     Each item is a dict of float32 tensors: ``"x"`` and ``"v"``: ``(L, N, 3)`` (frames
     ``input_frame - L + 1 .. input_frame``), ``"charges"``: ``(N, 1)``, ``"x_target"`` and
     ``"v_target"``: ``(N, 3)``, ``"min_dist"``: ``()``, the smallest distance between two particles
     over the saved frames ``input_frame .. target_frame`` (where the error of a trajectory comes
-    from: close encounters, see :data:`CLOSE_ENCOUNTER`). Where the trajectories have them, items
-    also hold ``"edge_attr"`` (the spring graph of the springs system, or a file's pair attributes)
-    and ``"node_attr"`` (a file's node attributes); the charged data has neither.
+    from: close encounters, see :data:`CLOSE_ENCOUNTER`), and with ``with_path`` ``"x_path"`` (the true
+    positions from the input to the target frame). Where the trajectories have them, items also hold
+    ``"edge_attr"`` (the spring graph of the springs system, or a file's pair attributes) and
+    ``"node_attr"`` (a file's node attributes); the charged data has neither.
 
     Shapes (of a batch; items drop ``B``):
         x, v: ``(B, L, N, 3)``; charges: ``(B, N, 1)``; x_target, v_target: ``(B, N, 3)``;
-        min_dist: ``(B,)``; edge_attr: ``(B, N, N)`` or ``(B, N, N, E)``; node_attr: ``(B, N, F)``.
+        min_dist: ``(B,)``; x_path: ``(B, K, N, 3)`` with ``K = target_frame - input_frame + 1``;
+        edge_attr: ``(B, N, N)`` or ``(B, N, N, E)``; node_attr: ``(B, N, F)``.
     """
 
-    def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int) -> None:
+    def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int,
+                 with_path: bool = False) -> None:
         n_saved = trajectories.x.shape[1]
         first = input_frame - history + 1
         if history < 1 or first < 0:
-            raise ValueError(
+            raise UserError(
                 f"history must be in 1..{input_frame + 1} for input_frame={input_frame}, got {history}"
             )
         if not input_frame < target_frame < n_saved:
-            raise ValueError(
+            raise UserError(
                 f"target_frame must be in {input_frame + 1}..{n_saved - 1} (after input_frame={input_frame}, "
                 f"within the {n_saved} saved frames), got {target_frame}"
             )
@@ -61,7 +67,9 @@ class NBodyDataset(Dataset):
         self.charges: Tensor = trajectories.charges.to(torch.float32).contiguous()
         self.x_target: Tensor = trajectories.x[:, target_frame].to(torch.float32).contiguous()
         self.v_target: Tensor = trajectories.v[:, target_frame].to(torch.float32).contiguous()
-        self.min_dist: Tensor = min_pair_distance(trajectories.x[:, input_frame : target_frame + 1]).to(torch.float32)
+        path = trajectories.x[:, input_frame : target_frame + 1]
+        self.min_dist: Tensor = min_pair_distance(path).to(torch.float32)
+        self.x_path: Tensor | None = path.to(torch.float32).contiguous() if with_path else None
         self.extra: dict[str, Tensor] = {
             name: t.to(torch.float32).contiguous()
             for name, t in (("edge_attr", trajectories.edge_attr), ("node_attr", trajectories.node_attr))
@@ -72,7 +80,7 @@ class NBodyDataset(Dataset):
         return self.x.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {
+        item = {
             "x": self.x[index],
             "v": self.v[index],
             "charges": self.charges[index],
@@ -81,6 +89,9 @@ class NBodyDataset(Dataset):
             "min_dist": self.min_dist[index],
             **{name: t[index] for name, t in self.extra.items()},
         }
+        if self.x_path is not None:
+            item["x_path"] = self.x_path[index]
+        return item
 
 
 def min_pair_distance(x: Tensor, max_elements: int = 1 << 24) -> Tensor:

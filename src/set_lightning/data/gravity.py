@@ -33,6 +33,7 @@ from set_lightning.data.simulator import (
     check_time_steps,
     simulate_in_chunks,
 )
+from set_lightning.errors import UserError
 
 __all__ = [
     "gravity_energy",
@@ -73,7 +74,7 @@ def sample_gravity(
     """
     low, high = (float(m) for m in mass_range)
     if not 0.0 < low <= high:
-        raise ValueError(f"mass_range must be (low, high) with 0 < low <= high, got {tuple(mass_range)}")
+        raise UserError(f"mass_range must be (low, high) with 0 < low <= high, got {tuple(mass_range)}")
     shape = (batch_size, n_particles, 3)
     if low == high:
         masses = torch.full((batch_size, n_particles, 1), low, dtype=dtype)
@@ -171,7 +172,7 @@ def simulate_gravity(
     """
     check_time_steps(steps, sample_freq, dt)
     if not softening >= 0:
-        raise ValueError(f"softening must be >= 0, got {softening}")
+        raise UserError(f"softening must be >= 0, got {softening}")
     m = check_initial_state(x0, v0, masses, "masses").to(torch.float64)
 
     def integrate(sl: slice) -> tuple[Tensor, Tensor]:

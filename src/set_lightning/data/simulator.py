@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import Tensor
+from set_lightning.errors import UserError
 
 __all__ = [
     "balanced_chunk_size",
@@ -119,7 +120,7 @@ def balanced_chunk_size(batch_size: int, elements_per_trajectory: int, target: i
 def torch_threads(num_threads: int | None) -> Iterator[None]:
     """Run the block with ``num_threads`` torch intra-op threads (None: unchanged), then restore the setting."""
     if num_threads is not None and num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        raise UserError(f"num_threads must be >= 1 or None, got {num_threads}")
     previous_threads = torch.get_num_threads()
     if num_threads is not None and num_threads != previous_threads:
         torch.set_num_threads(num_threads)
@@ -133,11 +134,11 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
 def check_time_steps(steps: int, sample_freq: int, dt: float | None = None) -> None:
     """Raise a ValueError unless ``steps`` is a positive multiple of ``sample_freq`` and ``dt`` (if given) > 0."""
     if sample_freq < 1 or steps < 1 or steps % sample_freq != 0:
-        raise ValueError(
+        raise UserError(
             f"steps ({steps}) must be a positive multiple of sample_freq ({sample_freq}, >= 1)"
         )
     if dt is not None and not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
+        raise UserError(f"dt must be > 0, got {dt}")
 
 
 def check_initial_state(x0: Tensor, v0: Tensor, attr: Tensor, name: str, per_pair: bool = False) -> Tensor:
@@ -147,18 +148,18 @@ def check_initial_state(x0: Tensor, v0: Tensor, attr: Tensor, name: str, per_pai
     (``per_pair``) is ``(B, N, N)``.
     """
     if x0.dim() != 3 or x0.shape[-1] != 3:
-        raise ValueError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
+        raise UserError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
     if v0.shape != x0.shape:
-        raise ValueError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
+        raise UserError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
     b, n, _ = x0.shape
     if per_pair:
         if tuple(attr.shape) != (b, n, n):
-            raise ValueError(f"{name} must have shape (B, N, N) = {(b, n, n)}, got {tuple(attr.shape)}")
+            raise UserError(f"{name} must have shape (B, N, N) = {(b, n, n)}, got {tuple(attr.shape)}")
         return attr
     if attr.dim() == 3 and attr.shape[-1] == 1:
         attr = attr[..., 0]
     if attr.shape != x0.shape[:2]:
-        raise ValueError(f"{name} must have shape (B, N, 1) or (B, N) = {(b, n)}, got {tuple(attr.shape)}")
+        raise UserError(f"{name} must have shape (B, N, 1) or (B, N) = {(b, n)}, got {tuple(attr.shape)}")
     return attr
 
 
@@ -184,7 +185,7 @@ def simulate_in_chunks(
     b, n, _ = x0.shape
     chunk_size = balanced_chunk_size(b, 3 * n * n) if chunk_size is None else chunk_size
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
     x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=x0.device)
     v_out = torch.empty_like(x_out)
     with torch_threads(num_threads):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from set_lightning.errors import UserError
 from set_lightning.data.cache import Trajectories, split_seed
 
 __all__ = ["SOURCE_KEYS", "load_source", "split_source"]
@@ -50,8 +51,8 @@ _REQUIRED = ("x", "v", "node_attr")
 _LAYOUT = "keys x (B, T, N, 3), v (B, T, N, 3), node_attr (B, N, F) and optionally edge_attr (B, N, N) or (B, N, N, E)"
 
 
-def _fail(message: str) -> ValueError:
-    return ValueError(f"data.source: {message}")
+def _fail(message: str) -> UserError:
+    return UserError(f"data.source: {message}")
 
 
 def _read(path: Path) -> dict[str, object]:

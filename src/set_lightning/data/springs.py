@@ -31,6 +31,7 @@ from set_lightning.data.simulator import (
     nri_steps,
     simulate_in_chunks,
 )
+from set_lightning.errors import UserError
 
 __all__ = ["sample_springs", "simulate_springs", "springs_energy"]
 
@@ -60,7 +61,7 @@ def sample_springs(
         two particles, else 0; symmetric, zero diagonal.
     """
     if not 0.0 <= spring_prob <= 1.0:
-        raise ValueError(f"spring_prob must be in [0, 1], got {spring_prob}")
+        raise UserError(f"spring_prob must be in [0, 1], got {spring_prob}")
     x0, v0 = gaussian_positions_fixed_speed(batch_size, n_particles, generator, loc_std, vel_norm, dtype)
     draws = torch.rand((batch_size, n_particles, n_particles), generator=generator, dtype=torch.float64)
     lower = torch.tril(draws < spring_prob, diagonal=-1)  # one draw per unordered pair, as NRI

@@ -10,7 +10,7 @@ from .baselines import LSTM, MLP, Linear
 from .egcl import EGCL
 from .egnn import EGNN
 from .etal import ETAL
-from .registry import MODELS, build_model
+from .registry import MODELS, build_from_config, build_model
 from .set import SET, SETBlock
 
-__all__ = ["NBodyModel", "SET", "SETBlock", "EGNN", "MLP", "Linear", "LSTM", "EGCL", "ETAL", "MODELS", "build_model"]
+__all__ = ["NBodyModel", "SET", "SETBlock", "EGNN", "MLP", "Linear", "LSTM", "EGCL", "ETAL", "MODELS", "build_model", "build_from_config"]

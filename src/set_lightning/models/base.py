@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -20,9 +23,31 @@ class NBodyModel(nn.Module):
     (rotations, reflections and translations of ``x``; ``v`` rotates but does not translate).
     Every model is permutation-equivariant in the particle axis and has a parameter count that
     does not depend on ``N``.
+
+    Every instance records its constructor arguments, defaults filled in, as ``hparams`` (a dict);
+    :meth:`config` turns them into the ``class_path`` / ``init_args`` form that LightningCLI and
+    checkpoints use, so a model can be rebuilt from what it says about itself.
     """
 
     equivariant: bool = False
+    #: the constructor arguments of this instance, defaults included (set before ``__init__`` runs)
+    hparams: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "NBodyModel":
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        except TypeError:
+            bound = None  # let __init__ raise its own, clearer error
+        if bound is not None:
+            bound.apply_defaults()
+            object.__setattr__(self, "hparams", dict(list(bound.arguments.items())[1:]))
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": hparams}``: how LightningCLI and checkpoints name this model."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.hparams)}
 
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor

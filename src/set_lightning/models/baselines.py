@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .base import NBodyModel
 from .layers import mlp
 
@@ -64,7 +65,7 @@ class MLP(NBodyModel):
     def __init__(self, *, hidden: int = 64, n_layers: int = 3, n_frames: int = 1) -> None:
         super().__init__()
         if n_layers < 1 or n_frames < 1:
-            raise ValueError("n_layers and n_frames must be >= 1")
+            raise UserError("n_layers and n_frames must be >= 1")
         self.n_frames = n_frames
         self.net = mlp(d_in=6 * n_frames + 1, d_hidden=hidden, d_out=6, n_layers=n_layers)
 
@@ -74,8 +75,8 @@ class MLP(NBodyModel):
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
         if ell < self.n_frames:
-            raise ValueError(f"x must have at least n_frames={self.n_frames} frames, got L={ell}")
-        hist = torch.cat([x[:, -self.n_frames:], v[:, -self.n_frames:]], dim=-1)  # (B, n_frames, N, 6)
+            raise UserError(f"x must have at least n_frames={self.n_frames} frames, got L={ell}")
+        hist = torch.cat([x[:, -self.n_frames:], v[:, -self.n_frames:]], dim=-1)  # (B, F, N, 6)
         feats = torch.cat([hist.transpose(1, 2).reshape(b, n, -1), charges.to(x.dtype)], dim=-1)
         out = self.net(feats)
         return x[:, -1] + out[..., :3], v[:, -1] + out[..., 3:]

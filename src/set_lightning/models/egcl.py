@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .layers import EPS, PairLinear, VectorOut, gather_edges, gather_nodes, neighbour_index
 
 TRANS_CLAMP = 100.0
@@ -63,7 +64,7 @@ class EGCL(nn.Module):
     ) -> None:
         super().__init__()
         if attention and hidden % n_heads:
-            raise ValueError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
+            raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.attention, self.n_heads, self.equivariant = attention, n_heads, equivariant
         self.norm_diff, self.coords_weight, self.recurrent = norm_diff, coords_weight, recurrent
         d_e = 1 + edge_dim + (0 if equivariant else 3)

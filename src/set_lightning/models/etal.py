@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .layers import EPS, PairLinear, VectorOut, gate_heads, sinusoidal_encoding
 
 
@@ -57,7 +58,7 @@ class ETAL(nn.Module):
     ) -> None:
         super().__init__()
         if hidden % n_heads:
-            raise ValueError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
+            raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.hidden, self.n_heads, self.adjacency, self.norm_diff = hidden, n_heads, adjacency, norm_diff
         self.norm = nn.LayerNorm(hidden)
         self.qk = nn.Linear(hidden, 2 * hidden)

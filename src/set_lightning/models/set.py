@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .base import NBodyModel
 from .egcl import EGCL
 from .etal import ETAL
@@ -117,9 +118,9 @@ class SET(NBodyModel):
     ) -> None:
         super().__init__()
         if hidden < 1 or n_blocks < 1 or n_spatial_layers < 0 or n_heads < 1:
-            raise ValueError("hidden, n_blocks, n_heads must be >= 1 and n_spatial_layers >= 0")
+            raise UserError("hidden, n_blocks, n_heads must be >= 1 and n_spatial_layers >= 0")
         if hidden % n_heads:
-            raise ValueError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
+            raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.equivariant = equivariant
         self.embed = nn.Linear(2 if equivariant else 8, hidden)
         self.blocks = nn.ModuleList(

@@ -1,5 +1,6 @@
-"""Sweep report: mean ± std over seeds per ablation, Welch's t-test against the reference, a
-rich table in the terminal, a Markdown table (``report.md``) and a bar plot (``report.png``)."""
+"""Sweep report: mean ± std over seeds per ablation, Welch's t-test against the reference with
+Benjamini-Hochberg adjusted p-values beside the raw ones, a rich table in the terminal, a Markdown
+table (``report.md``) and a bar plot on a linear axis from 0 (``report.png``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class GroupStats:
     train_time_mean: float
     p_value: Optional[float]  # Welch's t-test of test MSE against the reference at this grid point
     ratio: Optional[float]  # test MSE mean / reference test MSE mean
+    p_adjusted: Optional[float] = None  # p_value, Benjamini-Hochberg adjusted over all groups of the report
 
 
 def _std(values: Sequence[float]) -> float:
@@ -78,6 +80,8 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str) -> list[GroupStats
                 ratio=None if ref is None else float(np.mean(tests) / np.mean(ref)),
             )
         )
+    for s, q in zip(stats, benjamini_hochberg([s.p_value for s in stats])):
+        s.p_adjusted = q
     return stats
 
 
@@ -92,8 +96,9 @@ def _table_rows(stats: Sequence[GroupStats], reference: str) -> list[list[str]]:
     for s in stats:
         grid = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in s.grid) or "–"
         sig = "(reference)" if s.variant == reference else _fmt(s.p_value, ".3g")
-        if s.p_value is not None and s.p_value < 0.05 and s.variant != reference:
-            sig += " *"
+        adjusted = "" if s.variant == reference else _fmt(s.p_adjusted, ".3g")
+        if s.p_adjusted is not None and s.p_adjusted < 0.05 and s.variant != reference:
+            adjusted += " *"
         rows.append(
             [
                 s.variant,
@@ -105,13 +110,15 @@ def _table_rows(stats: Sequence[GroupStats], reference: str) -> list[list[str]]:
                 _fmt(s.val_mean),
                 _fmt(s.ratio, ".2f"),
                 sig,
+                adjusted,
                 _fmt(s.train_time_mean, ".0f"),
             ]
         )
     return rows
 
 
-HEADER = ["variant", "grid", "model", "params", "seeds", "test pos MSE (mean ± std)", "best val MSE", "x ref", "Welch p", "train s"]
+HEADER = ["variant", "grid", "model", "params", "seeds", "test pos MSE (mean ± std)", "best val MSE", "x ref", "Welch p",
+          "BH-adjusted p", "train s"]
 
 
 def to_markdown(stats: Sequence[GroupStats], reference: str, title: str = "") -> str:
@@ -119,7 +126,8 @@ def to_markdown(stats: Sequence[GroupStats], reference: str, title: str = "") ->
     lines += [
         f"Test position MSE at the best-validation epoch, mean ± sample std over seeds; `x ref` is the "
         f"ratio to `{reference}` at the same grid point; `Welch p` is the two-sided Welch t-test "
-        f"p-value against `{reference}` (`*`: p < 0.05).",
+        f"p-value against `{reference}` across seeds, and `BH-adjusted p` the same p-values adjusted for "
+        f"testing all rows at once (Benjamini-Hochberg false discovery rate; `*`: below 0.05).",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -140,26 +148,43 @@ def print_rich_table(stats: Sequence[GroupStats], reference: str, title: str = "
     Console(width=160).print(table)
 
 
-def plot(stats: Sequence[GroupStats], path: Path, title: str = "") -> None:
-    """Bar plot of test MSE (mean ± std, log scale), one panel per grid point."""
+def report_figure(stats: Sequence[GroupStats], title: str = "", reference: Optional[str] = None) -> Any:
+    """Bar chart of test MSE (mean ± std over seeds), one panel per grid point, on a linear axis from 0
+    (bar heights compare as ratios); a dashed line marks the reference, each bar is labelled ``x ratio``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grids = list(OrderedDict.fromkeys(s.grid for s in stats))
-    fig, axes = plt.subplots(1, len(grids), figsize=(max(5, 0.8 * len(stats) / len(grids) + 2) * len(grids), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(max(5, 0.8 * len(stats) / len(grids) + 2) * len(grids), 4.5),
+                             squeeze=False)
     for ax, grid in zip(axes[0], grids):
         sub = [s for s in stats if s.grid == grid]
         xs = np.arange(len(sub))
         err = [0.0 if math.isnan(s.test_std) else s.test_std for s in sub]
         ax.bar(xs, [s.test_mean for s in sub], yerr=err, capsize=4, color="tab:blue", alpha=0.8)
+        ref = [s for s in sub if s.variant == reference]
+        if ref:
+            ax.axhline(ref[0].test_mean, color="black", ls="--", lw=1, label=f"reference: {ref[0].variant}")
+            ax.legend(fontsize=8, loc="upper left")
+        for x, s, e in zip(xs, sub, err):
+            if s.ratio is not None:
+                ax.text(x, s.test_mean + e, f"x{s.ratio:.2f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(xs, [s.variant for s in sub], rotation=45, ha="right")
-        ax.set_yscale("log")
-        ax.set_ylabel("test position MSE")
+        ax.set_ylim(bottom=0, top=1.12 * max(s.test_mean + e for s, e in zip(sub, err)))
+        ax.set_ylabel("test position MSE (linear axis from 0)")
         ax.set_title(", ".join(f"{k.split('.')[-1]}={v}" for k, v in grid) or title)
-    fig.suptitle(f"{title}: mean ± std over seeds")
+    fig.suptitle(f"{title}: mean ± std over seeds; x ratio to the reference")
     fig.tight_layout()
+    return fig
+
+
+def plot(stats: Sequence[GroupStats], path: Path, title: str = "", reference: Optional[str] = None) -> None:
+    """Write :func:`report_figure` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(stats, title, reference)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -171,7 +196,7 @@ def make_report(rows: Sequence[dict[str, Any]], reference: str, out_dir: str | P
     stats = summarise(rows, reference)
     print_rich_table(stats, reference, title)
     (out_dir / "report.md").write_text(to_markdown(stats, reference, title))
-    plot(stats, out_dir / "report.png", title)
+    plot(stats, out_dir / "report.png", title, reference)
     print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.png'}")
     return stats
 

@@ -1,0 +1,498 @@
+"""Lightning's own CLI bound to this package: :class:`SETLightningCLI`, and the config schema.
+
+``fit``/``validate``/``test``/``predict`` are :class:`lightning.pytorch.cli.LightningCLI`
+subcommands (OmegaConf parser mode, so config files may interpolate). Every subcommand starts from
+the packaged ``conf/defaults.yaml`` (a small N-body run that finishes on a laptop CPU in minutes);
+``--config conf/<model>.yaml`` and dotted overrides such as ``--trainer.max_epochs 5`` refine it.
+
+With ``--ckpt_path FILE``, the run is the checkpoint's: the model and data settings it was trained
+with are used (an option that contradicts them is an error naming both values, unless
+``--allow_data_override true`` asks for other data on purpose), and logs, metrics and predictions
+go into its run directory. Every subcommand ends by printing the run directory, the best checkpoint
+and its validation MSE. ``test`` and ``validate`` run on one device (a DistributedSampler pads the
+last shard and would count some trajectories twice).
+
+Only LightningCLI's public hooks are used (``add_arguments_to_parser``, ``parse_arguments``,
+``before_instantiate_classes``, ``instantiate_classes``, ``instantiate_trainer``, ``after_<sub>``).
+:class:`ConfigSchema` (a parse-only CLI) checks a sweep's keys and resolves its runs' configs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from set_lightning import program_name
+from set_lightning.callbacks import ModelSummary
+from set_lightning.checkpoints import CheckpointInfo, is_checkpoint_file_path, latest_last_checkpoint
+from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
+from set_lightning.data import NBodyDataModule
+from set_lightning.errors import UserError, one_line
+from set_lightning.files import unwritable_reason
+from set_lightning.lit import SETLightningModule
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: subcommands that report a metric over a split: one device (DistributedSampler pads the last shard)
+SINGLE_DEVICE_SUBCOMMANDS = ("validate", "test")
+#: model settings that only change how a checkpoint is evaluated: the command's value is used
+MODEL_EVAL_KEYS = {"close_encounter"}
+#: data settings of this machine, never taken from a checkpoint
+DATA_MACHINE_KEYS = {"cache_dir", "num_workers"}
+#: data settings test/validate/predict may change freely (how many trajectories, how batched)
+DATA_SIZE_KEYS = {"n_train", "n_val", "n_test", "batch_size"}
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config as ``config.yaml`` of a new run. In an existing run (a resumed fit,
+    or a test / validate / predict of one of its checkpoints) the run's ``config.yaml`` is kept and
+    the new invocation goes beside it as ``config_<resume|test|validate|predict>_<k>.yaml``."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and trainer.log_dir is not None:
+            name = "config.yaml"
+            if trainer.is_global_zero and (Path(trainer.log_dir) / name).is_file():
+                stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
+                kind = "resume" if stage == "fit" else stage
+                k = 1
+                while (Path(trainer.log_dir) / f"config_{kind}_{k}.yaml").exists():
+                    k += 1
+                name = f"config_{kind}_{k}.yaml"
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+class SETLightningCLI(LightningCLI):
+    """LightningCLI bound to :class:`SETLightningModule` and :class:`NBodyDataModule`.
+
+    Args:
+        args: the command line without the program (``None``: ``sys.argv[1:]``).
+        run: run the subcommand (``False``: only parse and instantiate, no subcommand).
+        parse_only: with ``run=False``, only parse (no model, data or trainer is built).
+        trainer_kwargs: extra :class:`~lightning.pytorch.Trainer` arguments that cannot come from a
+            config file (e.g. a cluster-environment plugin), over the config's.
+        kwargs: passed to :class:`~lightning.pytorch.cli.LightningCLI`.
+    """
+
+    def __init__(self, args: Optional[Sequence[str]] = None, run: bool = True, parse_only: bool = False,
+                 trainer_kwargs: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
+        self.parse_only = parse_only
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.argv: list[str] = []
+        self.ckpt_info: Optional[CheckpointInfo] = None
+        # exit_on_error=False: parse errors are raised and shown as one line by main()
+        common = {"parser_mode": "omegaconf", "exit_on_error": False}
+        with_defaults = {**common, "default_config_files": [str(p) for p in DEFAULT_CONFIGS]}
+        # without a subcommand (run=False) the main parser takes the config
+        parser_kwargs: dict = dict(common if run else with_defaults, prog=program_name())
+        parser_kwargs.update({sub: dict(with_defaults) for sub in LIGHTNING_SUBCOMMANDS})
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(SETLightningModule, NBodyDataModule, parser_kwargs=parser_kwargs, args=args, run=run,
+                         **kwargs)
+
+    # ------------------------------------------------------------ parsing
+    def add_arguments_to_parser(self, parser) -> None:
+        # MLP reads the last n_frames frames: exactly the data's history (ignored by models without an
+        # n_frames argument; a value given for it is replaced by data.history)
+        parser.link_arguments("data.history", "model.net.init_args.n_frames")
+        parser.add_argument(
+            "--allow_data_override", type=bool, default=False,
+            help="With --ckpt_path: use data settings (n_particles, history, seed, ...) that differ from "
+                 "those the checkpoint was trained with, on purpose (e.g. test a model trained on N=5 on N=20). "
+                 "Without it such a difference is an error.",
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        # conf/... names resolve to the packaged configs from any working directory; DDP's child
+        # processes re-read sys.argv, so resolve it in place
+        if args is None:
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        self.argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
+        self.config = parser.parse_args(canonical_model_names(self.argv))
+        sub = self.config.get("subcommand")
+        if sub:
+            self._use_checkpoint_settings(parser, sub)
+
+    def _use_checkpoint_settings(self, parser, sub: str) -> None:
+        """Make ``--ckpt_path`` authoritative: its run's model and data settings and directory."""
+        cfg = self.config[sub]
+        if sub == "fit" and cfg.get("ckpt_path") == "last":
+            logger = cfg.get("trainer.logger")
+            if not _is_dir_logger(logger):
+                raise UserError("ckpt_path: 'last' needs a logger with save_dir and name (e.g. the "
+                                "TensorBoard logger); pass a checkpoint file instead")
+            cfg["ckpt_path"] = str(latest_last_checkpoint(Path(logger.init_args.save_dir) / logger.init_args.name))
+            print(f"resuming from {cfg['ckpt_path']}")
+        if not is_checkpoint_file_path(cfg.get("ckpt_path")):
+            return
+        info = CheckpointInfo.read(cfg["ckpt_path"])
+        defaults = parser.parse_args([sub])[sub]
+        reconcile_with_checkpoint(cfg, defaults, named_keys(self.argv), info, sub)
+        logger = cfg.get("trainer.logger")
+        if _is_dir_logger(logger):  # log into the checkpoint's run directory
+            run = info.run_dir
+            logger.init_args.save_dir, logger.init_args.name, logger.init_args.version = (
+                str(run.parent.parent), run.parent.name, run.name)
+        self.ckpt_info = info
+
+    # ------------------------------------------------------------ instantiation
+    def before_instantiate_classes(self) -> None:
+        if self.parse_only:
+            return
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        logger = cfg.get("trainer.logger")
+        if _is_dir_logger(logger):
+            folder, field = logger.init_args.save_dir, "trainer.logger.init_args.save_dir"
+        else:
+            folder, field = cfg.get("trainer.default_root_dir") or ".", "trainer.default_root_dir"
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise UserError(f"{field}: the run's logs and checkpoints cannot be written to {folder}: {reason}; "
+                            f"choose a writable folder with --{field}")
+        if self.subcommand in SINGLE_DEVICE_SUBCOMMANDS:
+            _check_single_device(self.subcommand, cfg.trainer)
+        if self.subcommand in (None, "fit"):
+            _cap_log_every_n_steps(cfg)
+        else:  # evaluation writes no checkpoints: that a run was moved since it wrote them is no news
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
+
+    def instantiate_classes(self) -> None:
+        if not self.parse_only:
+            super().instantiate_classes()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the progress bar and model summary managed here.
+
+        ``--trainer.enable_progress_bar false`` / ``--trainer.enable_model_summary false`` drop the
+        configured progress bar / summary callbacks instead of failing on the conflict (handy for
+        logs of batch jobs and sweeps); Lightning's own default summary is never added.
+        """
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_cfg = config["trainer"]
+        callbacks = list(kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_progress_bar") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LightningProgressBar)]
+        if trainer_cfg.get("enable_model_summary") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LightningModelSummary)]
+        elif not any(isinstance(c, LightningModelSummary) for c in callbacks):
+            callbacks.append(ModelSummary(max_depth=2))
+        kwargs.setdefault("enable_model_summary", False)  # the callbacks above decide
+        return super().instantiate_trainer(callbacks=callbacks, **{**self.trainer_kwargs, **kwargs})
+
+    # ------------------------------------------------------------ reports
+    def after_fit(self) -> None:
+        self._report("fit")
+
+    def after_validate(self) -> None:
+        self._report("validate")
+
+    def after_test(self) -> None:
+        self._report("test")
+
+    def after_predict(self) -> None:
+        self._report("predict")
+
+    def _report(self, sub: str) -> None:
+        """Where the run went and what it got."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        rows = [("run directory", str(trainer.log_dir))]
+        cb = trainer.checkpoint_callback
+        best, score, monitor = (cb.best_model_path or None, cb.best_model_score, cb.monitor) if cb else (
+            None, None, "val/pos_mse")
+        if self.ckpt_info is not None and sub != "fit":
+            info = self.ckpt_info
+            rows.append(("checkpoint", str(info.path)))
+            best, score, monitor = info.best_path, info.best_score, info.monitor
+        rows.append(("best checkpoint", best or "– (none saved)"))
+        rows.append((f"best {monitor}", "–" if score is None else f"{float(score):.6g}"))
+        metric = {"validate": "val/pos_mse", "test": "test/pos_mse"}.get(sub)
+        if metric and metric in trainer.callback_metrics:
+            rows.append((metric, f"{float(trainer.callback_metrics[metric]):.6g}"))
+        if sub == "predict":
+            from set_lightning.callbacks import PredictionWriter
+
+            for writer in (c for c in trainer.callbacks if isinstance(c, PredictionWriter)):
+                rows += [("predictions", str(p)) for p in writer.written]
+        width = max(len(k) for k, _ in rows) + 1
+        print("\n".join(f"{k + ':':<{width}} {v}" for k, v in rows))
+
+
+def _is_dir_logger(logger: Any) -> bool:
+    """A logger config with ``save_dir``, ``name`` and ``version`` (TensorBoard, CSV): it has a run directory."""
+    init_args = getattr(logger, "init_args", None)
+    return init_args is not None and all(k in init_args for k in ("save_dir", "name", "version"))
+
+
+def _cap_log_every_n_steps(cfg: Any) -> None:
+    """Log at least once per training epoch: cap ``trainer.log_every_n_steps`` at the batches per epoch
+    (Lightning warns on every small run otherwise)."""
+    n_train, batch_size = cfg.get("data.n_train"), cfg.get("data.batch_size")
+    every, devices = cfg.get("trainer.log_every_n_steps"), cfg.get("trainer.devices")
+    if not (isinstance(n_train, int) and isinstance(batch_size, int) and isinstance(every, int) and batch_size > 0):
+        return
+    per_device = math.ceil(n_train / devices) if isinstance(devices, int) and devices > 0 else n_train
+    batches = max(1, math.ceil(per_device / batch_size))
+    if every > batches:
+        cfg["trainer.log_every_n_steps"] = batches
+
+
+def _strip_init_args(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part != "init_args")
+
+
+def named_keys(words: Sequence[str]) -> set[str]:
+    """The dotted config keys a command sets explicitly: its ``--key`` options and the keys of its
+    ``--config`` files (``init_args`` left out: ``model.net.hidden``; a class path: ``model.net``)."""
+    keys: set[str] = set()
+
+    def add(key: str) -> None:
+        key = _strip_init_args(key)
+        keys.add(key[: -len(".class_path")] if key.endswith(".class_path") else key)
+
+    def flatten(prefix: str, value: Any) -> None:
+        add(prefix)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v)
+
+    for i, word in enumerate(words):
+        if not word.startswith("-"):
+            continue
+        key, has_value, value = word.lstrip("-").partition("=")
+        if key in ("config", "c"):
+            path = value if has_value else (words[i + 1] if i + 1 < len(words) else "")
+            try:
+                loaded = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+            except yaml.YAMLError:
+                loaded = None
+            for k, v in (loaded or {}).items() if isinstance(loaded, dict) else ():
+                flatten(str(k), v)
+        elif key:
+            add(key)
+    return keys
+
+
+def _class_name(class_path: Any) -> str:
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def reconcile_with_checkpoint(cfg: Any, defaults: Any, named: set[str], info: Any, sub: str) -> None:
+    """Set ``cfg``'s model and data settings to those ``info`` (a checkpoint) was trained with.
+
+    A setting the command gives explicitly (named on the command line or in a ``--config`` file, or
+    different from the defaults) and that differs from the checkpoint's is an error naming both
+    values, except: data settings with ``allow_data_override`` (the command's value is used), the
+    trajectory counts and batch size outside ``fit``, and evaluation-only model settings.
+    Machine settings (``cache_dir``, ``num_workers``) always stay the command's.
+
+    Raises:
+        UserError: one line listing every conflict.
+    """
+    conflicts: list[str] = []
+
+    def explicit(key: str) -> bool:
+        return _strip_init_args(key) in named or cfg.get(key) != defaults.get(key)
+
+    def differs(key: str, trained: Any) -> bool:
+        return cfg.get(key) != trained and explicit(key)
+
+    net = info.model.get("net")
+    if isinstance(net, dict) and net.get("class_path"):
+        trained_args = dict(net.get("init_args") or {})
+        given = cfg.get("model.net.class_path")
+        if _class_name(given) != _class_name(net["class_path"]) and explicit("model.net.class_path"):
+            conflicts.append(f"model.net: checkpoint {_class_name(net['class_path'])}, command {_class_name(given)}")
+        elif _class_name(given) == _class_name(net["class_path"]):
+            conflicts += [f"model.net.{k}: checkpoint {v!r}, command {cfg.get(f'model.net.init_args.{k}')!r}"
+                          for k, v in trained_args.items() if differs(f"model.net.init_args.{k}", v)]
+        from jsonargparse import Namespace
+
+        cfg["model.net"] = Namespace(class_path=net["class_path"], init_args=Namespace(**trained_args))
+    for key, value in info.model.items():
+        if key == "net" or key in MODEL_EVAL_KEYS or f"model.{key}" not in cfg:
+            continue
+        if differs(f"model.{key}", value):
+            conflicts.append(f"model.{key}: checkpoint {value!r}, command {cfg.get(f'model.{key}')!r}")
+        cfg[f"model.{key}"] = value
+    model_conflicts = bool(conflicts)
+
+    overridden, taken = [], []
+    for key, value in (info.data or {}).items():
+        dotted = f"data.{key}"
+        if key in DATA_MACHINE_KEYS or dotted not in cfg or cfg.get(dotted) == value:
+            continue
+        if not explicit(dotted):
+            taken.append(f"{key}={value!r}")
+            cfg[dotted] = value
+        elif sub != "fit" and key in DATA_SIZE_KEYS:
+            continue
+        elif cfg.get("allow_data_override"):
+            overridden.append(f"{key}={cfg.get(dotted)!r} (trained with {value!r})")
+        else:
+            conflicts.append(f"{dotted}: checkpoint {value!r}, command {cfg.get(dotted)!r}")
+    if conflicts:
+        hints = []
+        if model_conflicts:
+            hints.append("the model and its settings always come from the checkpoint: drop those options")
+        if len(conflicts) > sum(c.startswith("model.") for c in conflicts):
+            hints.append("drop the data options to use the checkpoint's, or pass --allow_data_override true "
+                         "to run on other data on purpose")
+        raise UserError(f"ckpt_path: {info.path} was trained with other settings than the command gives: "
+                        + "; ".join(conflicts) + " (" + "; ".join(hints) + ")")
+    if info.data is None:
+        print(f"note: {info.path} records no data settings; using the command's")
+    if taken:
+        print("data settings of the checkpoint: " + ", ".join(taken))
+    if overridden:
+        print("--allow_data_override: running on other data than the checkpoint was trained with: "
+              + ", ".join(overridden))
+
+
+def canonical_model_names(words: Sequence[str]) -> list[str]:
+    """``--model.net set`` (any case, as in :func:`~set_lightning.models.build_model`) -> the class path."""
+    from set_lightning.models import MODELS
+
+    out = list(words)
+    for i, word in enumerate(out):
+        key, has_value, value = word.partition("=")
+        if key not in ("--model.net", "--model.net.class_path"):
+            continue
+        j, value = (i, value) if has_value else (i + 1, out[i + 1] if i + 1 < len(out) else "")
+        cls = MODELS.get(value.lower())
+        if cls is not None:
+            path = f"set_lightning.models.{cls.__name__}"
+            out[j] = f"{key}={path}" if has_value else path
+    return out
+
+
+def _check_single_device(subcommand: str, trainer_cfg: Any) -> None:
+    """``test``/``validate`` on one device: DistributedSampler pads the last shard, counting samples twice."""
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+    one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+    if not one or nodes != 1:
+        raise UserError(
+            f"trainer.devices/num_nodes: {subcommand} runs on one device (a DistributedSampler pads the last "
+            f"shard and would count some trajectories twice), got devices={devices!r}, num_nodes={nodes!r}; "
+            "pass --trainer.devices 1 --trainer.num_nodes 1"
+        )
+
+
+def import_class(class_path: str) -> Any:
+    """The object a config's ``class_path`` names (``package.module.Name``)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: Any) -> SETLightningCLI:
+    """Build (and by default run) the CLI on ``args`` (``None`` = ``sys.argv[1:]``).
+
+    ``kwargs`` go to :class:`SETLightningCLI` (e.g. ``trainer_defaults={"callbacks": [...]}`` adds
+    callbacks to those of the config; ``parse_only=True`` with ``run=False`` stops after parsing).
+    """
+    return SETLightningCLI(args=args, run=run, **kwargs)
+
+
+class ConfigSchema:
+    """The configuration schema of the CLI, for checking a sweep's keys and arguments before any run."""
+
+    def __init__(self) -> None:
+        from set_lightning.models.registry import model_class, model_kwargs
+
+        self._model_class, self._model_kwargs = model_class, model_kwargs
+        self.cli = make_cli(["--seed_everything=false"], run=False, parse_only=True)
+        self.parser = self.cli.parser
+        self.paths: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            self.paths[prefix] = value
+            if isinstance(value, dict) and not prefix.startswith("model.net"):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}", v)
+
+        for key, value in self.cli.config.clone().as_dict().items():
+            walk(key, value)
+        self.paths.setdefault("config", None)  # --config files
+
+    def parse(self, args: Sequence[str], where: str) -> Any:
+        """The config ``args`` give (raises a UserError prefixed with ``where``)."""
+        try:
+            return self.parser.parse_args(canonical_model_names(args))
+        except Exception as err:  # noqa: BLE001 - every parse failure is the user's input
+            raise UserError(f"{where}: {model_hint(one_line(err))}") from None
+
+    def check_key(self, key: str, args: Sequence[str], where: str) -> None:
+        """Check one dotted override key; ``args`` (without the key) pick the model class it applies to.
+
+        Raises:
+            UserError: the key does not exist; the message names it and the closest valid key.
+        """
+        if key.startswith("model.net."):
+            net = self.parse([a for a in args if not a.startswith("--model.net.")], where)
+            cls_path = net.get("model.net.class_path")
+            cls = self._model_class(cls_path)
+            names = self._model_kwargs(cls) if cls is not None else []
+            arg = key[len("model.net."):]
+            arg = arg[len("init_args."):] if arg.startswith("init_args.") else arg
+            if arg == "class_path" or arg in names:
+                return
+            candidates = [f"model.net.init_args.{n}" for n in names]
+            hint = f" ({_class_name(cls_path)} takes: {', '.join(names)})"
+        else:
+            if self._known(key):
+                return
+            candidates = [p for p in self.paths if not p.startswith("model.net.")]
+            hint = ""
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        suggestion = f"; did you mean '{close[0]}'?" if close else "; see fit --print_config for the keys"
+        raise UserError(f"{where}: unknown key '{key}'{suggestion}{hint}")
+
+    def _known(self, key: str) -> bool:
+        """A key of the schema, or one below a class (``trainer.logger``) or a list (``trainer.callbacks``),
+        whose keys depend on what the config puts there (the full parse checks those)."""
+        if key in self.paths:
+            return True
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            value = self.paths.get(".".join(parts[:i]), {})
+            if not isinstance(value, dict) or "class_path" in value:
+                return True
+        return False
+
+
+def model_hint(text: str) -> str:
+    """Advice for an error about ``model.net``: the model's init arguments, or the allowed model names."""
+    import re
+
+    from set_lightning.models import MODELS
+    from set_lightning.models.registry import model_kwargs
+
+    rejected = re.search(r"class_path '([\w.]+)': Option '(\w+)' is not accepted", text)
+    if rejected:
+        try:
+            names = model_kwargs(import_class(rejected.group(1)))
+        except Exception:  # noqa: BLE001 - not one of our models: leave the message as it is
+            names = []
+        if names:
+            close = difflib.get_close_matches(rejected.group(2), names, n=1)
+            text += (f" (did you mean '{close[0]}'? " if close else " (") + \
+                f"{rejected.group(1).rsplit('.', 1)[-1]} takes: {', '.join(names)})"
+    elif "model.net" in text and "import path" in text:
+        names = ", ".join(cls.__name__ for cls in MODELS.values())
+        text += f" (allowed models: {names}, in any case, or a full class path)"
+    return text
