@@ -60,13 +60,15 @@ class SaveRunConfig(SaveConfigCallback):
     the new invocation goes beside it as ``config_<resume|test|validate|predict>_<k>.yaml``."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.already_saved and trainer.log_dir is not None:
+        # trainer.log_dir is a collective (it broadcasts under DDP): read it once, on every rank
+        log_dir = trainer.log_dir
+        if not self.already_saved and log_dir is not None:
             name = "config.yaml"
-            if trainer.is_global_zero and (Path(trainer.log_dir) / name).is_file():
+            if trainer.is_global_zero and (Path(log_dir) / name).is_file():
                 stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
                 kind = "resume" if stage == "fit" else stage
                 k = 1
-                while (Path(trainer.log_dir) / f"config_{kind}_{k}.yaml").exists():
+                while (Path(log_dir) / f"config_{kind}_{k}.yaml").exists():
                     k += 1
                 name = f"config_{kind}_{k}.yaml"
             self.config_filename = trainer.strategy.broadcast(name)
@@ -211,7 +213,9 @@ class SETLightningCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        rows = [("run directory", str(trainer.log_dir))]
+        # not trainer.log_dir: that is a collective under DDP, and only rank 0 reports
+        log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+        rows = [("run directory", str(log_dir))]
         cb = trainer.checkpoint_callback
         best, score, monitor = (cb.best_model_path or None, cb.best_model_score, cb.monitor) if cb else (
             None, None, "val/pos_mse")
