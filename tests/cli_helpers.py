@@ -36,7 +36,7 @@ def tiny_args(cache: Path, model: str = "SET") -> list[str]:
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m set_lightning ARGS`` in ``cwd``; return the completed process (text output)."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "set_lightning", *args],
         cwd=cwd,
@@ -75,3 +75,23 @@ def kill_after_first_result(cmd: list[str], cwd: Path, out: Path, timeout: float
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(out.rglob("result.json"))
+def readonly_dir(tmp_path: Path) -> Path:
+    """A folder nothing can be created in: a 0o555 folder, or, for root (whom permission bits do not
+    stop), a path under /sys (sysfs refuses new files to everyone)."""
+    import pytest
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    from set_lightning.files import unwritable_reason
+
+    if not Path("/sys").is_dir() or unwritable_reason("/sys") is None:
+        pytest.skip("running as root without a read-only location")
+    return Path("/sys/set_lightning_read_only")
+
+
+def error_lines(text: str) -> list[str]:
+    """The lines of ``text`` that start with ``error:``."""
+    return [line for line in text.splitlines() if line.startswith("error:")]

@@ -85,3 +85,43 @@ def test_nan_loss_raises_a_clear_error(tiny_data):
     module = SETLightningModule(_Exploding())
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
         _trainer(max_epochs=1).fit(module, datamodule=tiny_data)
+
+
+class _SetTime(pl.Callback):
+    """Sets Linear's time per epoch (lr is ~0): a good epoch, then a bad one."""
+
+    def __init__(self, times):
+        self.times, self.val = times, []
+
+    def on_train_epoch_start(self, trainer, module):
+        module.net.time.data.fill_(self.times[trainer.current_epoch])
+
+    def on_validation_epoch_end(self, trainer, module):
+        if not trainer.sanity_checking:
+            self.val.append(float(trainer.callback_metrics["val/pos_mse"]))
+
+
+def test_hp_val_pos_mse_is_the_best_not_the_last(tiny_data, tmp_path):
+    module = SETLightningModule(build_model("linear"), lr=1e-12)
+    cb = _SetTime([0.7, 5.0])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_epochs=2, callbacks=[cb], default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=tiny_data)
+    assert cb.val[1] > 2 * cb.val[0]  # the second epoch is worse
+    assert float(trainer.callback_metrics["hp/val_pos_mse"]) == pytest.approx(cb.val[0])
+    assert module.best_val_pos_mse == pytest.approx(cb.val[0])
+    # kept in the checkpoint, and the checkpoint rebuilds the module without the CLI
+    restored = SETLightningModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert restored.best_val_pos_mse == pytest.approx(cb.val[0])
+    assert restored.hparams["net"] == {"class_path": "set_lightning.models.baselines.Linear", "init_args": {"time": 0.7}}
+
+
+def test_hparams_for_logging_has_every_setting_and_no_internal_key(tiny_data, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    module = SETLightningModule(build_model("set", **TINY["set"]), lr=2e-3)
+    flat = module.hparams_for_logging(tiny_data)
+    assert flat["model"] == "SET" and flat["lr"] == 2e-3 and flat["seed"] == 7
+    assert flat["net.hidden"] == 8 and flat["net.equivariant"] is True and "net.adjacency" in flat
+    assert flat["data.history"] == 2 and flat["data.n_train"] == 16 and "data.cache_dir" not in flat
+    assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+    assert not [k for k in flat if k.startswith("_")]

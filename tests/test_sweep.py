@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -139,3 +140,47 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
     assert (out / "tiny" / "report.png").stat().st_size > 1000
     # TensorBoard: one run directory per config/seed, with event files.
     assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
+
+
+def test_report_only_from_a_committed_results_file(tmp_path):
+    from set_lightning.experiments.report import benjamini_hochberg, summarise
+    from set_lightning.experiments.sweep import read_results
+
+    results = tmp_path / "results.jsonl"
+    shutil.copy(REPO / "results" / "paper_n5_cpu" / "results.jsonl", results)
+    res = subprocess.run([sys.executable, "-m", "set_lightning", "sweep", str(REPO / "ablations" / "paper_n5_cpu.yaml"),
+                          "--report-only", "--results", str(results), "--out", str(tmp_path / "none")],
+                         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.png").stat().st_size > 1000 and not (tmp_path / "none").exists()
+    stats = summarise(read_results(results), reference="full")
+    raw = [s.p_value for s in stats]
+    for s, q in zip(stats, benjamini_hochberg(raw)):
+        if s.variant != "full":
+            assert f"| {s.variant} |" in report and f"| {s.p_value:.3g} | {q:.3g}" in report, s.variant
+    assert "BH-adjusted p" in report
+    # the committed report is this report: regenerable from its results.jsonl
+    assert (REPO / "results" / "paper_n5_cpu" / "report.md").read_text() == report
+
+
+def test_report_plot_axis_is_linear_from_zero():
+    from set_lightning.experiments.report import report_figure, summarise
+
+    rows = [{"group": g, "variant": g, "seed": i, "test_pos_mse": v, "best_val_pos_mse": v, "model": "SET",
+             "n_params": 1, "train_time_s": 1.0}
+            for g, vals in (("full", [0.020, 0.022]), ("other", [0.040, 0.044])) for i, v in enumerate(vals)]
+    fig = report_figure(summarise(rows, reference="full"), "t", reference="full")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0.0
+    assert any(t.get_text() == "x2.00" for t in ax.texts)
+
+
+def test_vary_data_seed(tmp_path):
+    from set_lightning.experiments.spec import expand, load_spec
+
+    path = write_spec(tmp_path, {"name": "d", "seeds": [3, 4], "vary_data_seed": True})
+    assert [r.cli_args()[-2:] for r in expand(load_spec(path), tmp_path)] == [
+        ["--seed_everything=3", "--data.seed=3"], ["--seed_everything=4", "--data.seed=4"]]
+    path = write_spec(tmp_path, {"name": "e", "seeds": [3]})
+    assert not any(a.startswith("--data.seed") for a in expand(load_spec(path), tmp_path)[0].cli_args())

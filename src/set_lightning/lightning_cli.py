@@ -185,7 +185,8 @@ class SETLightningCLI(LightningCLI):
         """
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_cfg = config["trainer"]
-        callbacks = list(kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks") or [])
+        callbacks = kwargs.pop("callbacks", None) or trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if trainer_cfg.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LightningProgressBar)]
         if trainer_cfg.get("enable_model_summary") is False:

@@ -93,6 +93,49 @@ def test_loaders_cover_splits_and_predict_is_test(tmp_path):
     assert len(test) == 5 and torch.equal(test, pred)
 
 
+def test_predict_batches_carry_the_true_path(tmp_path):
+    dm = _ready(_dm(tmp_path, history=2))
+    batch = next(iter(dm.predict_dataloader()))
+    # frames input_frame (4) .. target_frame (7): the simulation between the history and the target
+    assert batch["x_path"].shape == (4, 4, 5, 3)
+    assert torch.equal(batch["x_path"][:, 0], batch["x"][:, -1])
+    assert torch.equal(batch["x_path"][:, -1], batch["x_target"])
+    assert torch.equal(batch["x_path"][:, 2], dm.trajectories("test").x[:4, 6].float())
+    assert "x_path" not in next(iter(dm.test_dataloader()))
+
+
+def test_each_stage_simulates_only_the_splits_it_reads(tmp_path):
+    import lightning.pytorch as pl
+
+    from set_lightning.lit import SETLightningModule
+    from set_lightning.models import build_model
+
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.test(SETLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "test"), verbose=False)
+    assert [p.name.split("_")[1] for p in _cache_files(tmp_path / "test")] == ["test"]
+    trainer.validate(SETLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "val"), verbose=False)
+    assert [p.name.split("_")[1] for p in _cache_files(tmp_path / "val")] == ["val"]
+
+
+@pytest.mark.parametrize("stage, field", [("fit", "n_train"), ("validate", "n_val"), ("test", "n_test")])
+def test_a_stage_needs_trajectories_in_its_splits(tmp_path, stage, field):
+    dm = _dm(tmp_path, **{field: 0})
+    with pytest.raises(ValueError, match=f"{field} must be >= 1 to {stage}"):
+        dm.splits_for(stage)
+    assert dm.splits_for(None) == ("train", "val", "test")  # without a trainer: every split
+
+
+def test_unwritable_cache_fails_before_simulating(tmp_path, count_sims):
+    from cli_helpers import readonly_dir
+
+    folder = readonly_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"cache_dir: the train split .* must be simulated and cached in"):
+        load_or_generate(TrajectorySpec(split="train", count=3, n_particles=5, steps=1000), folder / "cache")
+    assert count_sims == []
+    assert not (folder / "cache").exists()
+
+
 def test_loaders_work_without_explicit_setup(tmp_path):
     dm = _dm(tmp_path)
     assert len(next(iter(dm.val_dataloader()))["x"]) == 4

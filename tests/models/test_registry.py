@@ -25,6 +25,22 @@ def test_build_model():
     assert isinstance(build_model("linear"), models.Linear)
 
 
+def test_models_record_their_init_arguments_and_rebuild_from_them():
+    from set_lightning.models import build_from_config
+
+    model = build_model("egnn", hidden=8, n_layers=2)
+    assert model.hparams == {**{k: p.default for k, p in inspect.signature(models.EGNN.__init__).parameters.items()
+                                if k != "self"}, "hidden": 8, "n_layers": 2}
+    config = model.config()
+    assert config["class_path"] == "set_lightning.models.egnn.EGNN"
+    rebuilt = build_from_config(config)
+    assert isinstance(rebuilt, models.EGNN) and rebuilt.hparams == model.hparams
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+    assert isinstance(build_from_config({"class_path": "lstm"}), models.LSTM)
+    with pytest.raises(ValueError, match="not a model"):
+        build_from_config({"class_path": "torch.nn.Linear"})
+
+
 def test_unknown_name_lists_allowed():
     with pytest.raises(ValueError, match=r"'transformer'.*egnn.*linear.*lstm.*mlp.*set"):
         build_model("transformer")
