@@ -180,7 +180,7 @@ def test_vary_data_seed(tmp_path):
     from set_lightning.experiments.spec import expand, load_spec
 
     path = write_spec(tmp_path, {"name": "d", "seeds": [3, 4], "vary_data_seed": True})
-    assert [r.cli_args()[-2:] for r in expand(load_spec(path), tmp_path)] == [
-        ["--seed_everything=3", "--data.seed=3"], ["--seed_everything=4", "--data.seed=4"]]
+    assert [sorted(r.cli_args()[-2:]) for r in expand(load_spec(path), tmp_path)] == [
+        ["--data.seed=3", "--seed_everything=3"], ["--data.seed=4", "--seed_everything=4"]]
     path = write_spec(tmp_path, {"name": "e", "seeds": [3]})
     assert not any(a.startswith("--data.seed") for a in expand(load_spec(path), tmp_path)[0].cli_args())
