@@ -137,6 +137,7 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
         assert 0 < r["test_pos_mse"] < 10 and r["n_params"] > 0 and r["train_time_s"] > 0
     report = (out / "tiny" / "report.md").read_text()
     assert "| full |" in report and "| no_temporal |" in report and "(reference)" in report
+    assert "Paired with `full` on the same test trajectories" in report  # per-trajectory comparison
     assert (out / "tiny" / "report.png").stat().st_size > 1000
     # TensorBoard: one run directory per config/seed, with event files.
     assert len({p.parent for p in (out / "tiny").rglob("events.out.tfevents.*")}) >= 4
