@@ -70,6 +70,13 @@ def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], 
         if cause is None:
             raise
         text = one_line(cause)
-        print(f"error: {hint(text) if hint else text}", file=sys.stderr)
+        if hint is not None:
+            hinted = hint(text)
+            if hinted == text and cause is not err:
+                # the advice may need context only the outer message has (e.g. which class_path)
+                outer = one_line(err)
+                hinted = text + hint(outer)[len(outer):]
+            text = hinted
+        print(f"error: {text}", file=sys.stderr)
         return 1
     return 0
