@@ -1,7 +1,7 @@
 """Accuracy on the standard charged N-body task, next to the published numbers.
 
-Trains each model with its conf/<model>.yaml (N=5, frame 30 -> 40, 2000 val / 2000 test
-trajectories) at the budget given here, tests the best-validation checkpoint, and prints a table of
+Trains each model with its conf/<model>.yaml on conf/data/nbody5.yaml (N=5, frame 30 -> 40, 2000
+val / 2000 test trajectories) at the budget given here, tests the best-validation checkpoint, and prints a table of
 test position MSE against the published figures. The runs go through the sweep runner (resumable:
 rerunning the same command skips finished runs), under runs/benchmarks/<budget>/.
 
@@ -19,12 +19,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
+from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
+
+from set_lightning.experiments.spec import spec_from_mapping
+from set_lightning.experiments.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from set_lightning.experiments.sweep import run_sweep  # noqa: E402
+#: every run's data: the N = 5 benchmark split (the model files own their history)
+DATA = "conf/data/nbody5.yaml"
 
 # Published test MSE on this task with 3000 training trajectories (EGNN, SEGNN, CGENN papers).
 PUBLISHED = {
@@ -74,12 +76,10 @@ def main() -> None:
             parser.error(f"--model-epochs takes MODEL=EPOCHS with MODEL in {list(VARIANTS)}, got {item!r}")
         model_epochs[key] = int(value)
     # per-model epochs live in each run's arguments (a changed budget is refused, never reused)
-    name = f"accuracy_e{args.epochs}_n{args.n_train}_{args.accelerator}"
-    out_root = REPO / "runs" / "benchmarks"
     spec = {
-        "name": name,
+        "name": f"accuracy_e{args.epochs}_n{args.n_train}_{args.accelerator}",
         "description": "accuracy benchmark (benchmarks/accuracy.py)",
-        "base": [],
+        "base": [DATA],
         "overrides": {
             "trainer.max_epochs": args.epochs,
             "trainer.accelerator": args.accelerator,
@@ -96,15 +96,9 @@ def main() -> None:
             for m in args.models
         },
     }
-    spec_dir = out_root / "specs" / "ablations"
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = spec_dir / f"{name}.yaml"
-    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    # Config paths in the spec are relative to the repository: run from there.
-    import os
-
-    os.chdir(REPO)
-    rows = run_sweep(spec_path, out_root, parallel=args.parallel, report=False, threads=args.threads)
+    # the runs execute in the repository (its runs/ and data_cache/)
+    rows = run_sweep(spec_from_mapping(spec, root=REPO), REPO / "runs" / "benchmarks", parallel=args.parallel,
+                     report=False, threads=args.threads)
 
     lines = [
         f"# Accuracy: charged N-body, N=5, frame 30 -> 40, {args.n_train} training trajectories, "
@@ -134,8 +128,7 @@ def main() -> None:
     lines += ["", "Published, same task: " + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items()) + "."]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
+    write_generated(args.output, "benchmarks/accuracy.py", text)
     print(f"written to {args.output}")
     if any(not math.isfinite(r["test_pos_mse"]) for r in rows):
         sys.exit(1)

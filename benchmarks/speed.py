@@ -1,26 +1,47 @@
 """Training speed of every model: time per training step, samples/s, ratio to EGNN, activation memory.
 
-One training step = forward + loss (MSE of positions + MSE of velocities) + backward + Adam step, on
-random inputs of the charged N-body shapes (x, v ``(B, L, N, 3)``, charges ``(B, N, 1)``). For every
-sweep point all models are built, warmed up, then timed round-robin (the repeats of different models
-are interleaved, so a busy machine slows them alike); the table gives medians, and the ratio to EGNN
-is measured in the same loop.
+One training step is the library's own: the LightningModule's training objective
+(``SETLightningModule.losses``: ``pos_weight * MSE(x) + vel_weight * MSE(v)`` with the config's weights),
+backward, and a step of its optimiser (``SETLightningModule.make_optimizer``: Adam with the config's
+learning rate and weight decay). Every model is built by the CLI (``make_cli(args, run=False)``) from
+``conf/<model>.yaml`` and ``conf/data/nbody5.yaml`` plus dotted overrides (history, N, batch), and
+trains on one batch whose initial conditions come from ``sample_initial_conditions`` (simulated for
+the L input frames and the target frame). For every sweep point all models are built, warmed up, then
+timed round-robin (the repeats of different models are interleaved, so a busy machine slows them
+alike); the tables give medians, and the ratio to EGNN is measured in the same loop.
 
-    python benchmarks/speed.py                       # full run (~5-10 min on 2 CPU cores), 1 thread
+    python benchmarks/speed.py                       # the tables (~5-10 min on 2 CPU cores), 1 thread
     python benchmarks/speed.py --quick               # smoke run (< 1 min)
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/speed.py --threads 2   # see the note on threads below
-    python benchmarks/speed.py --profile             # + torch.profiler tables and analysis -> results/profile.md
+    python benchmarks/speed.py --flops               # + achieved GFLOP/s of SET and EGNN vs the matmul peak
+    python benchmarks/speed.py --bf16                # + bf16-mixed autocast step time vs fp32
+    python benchmarks/speed.py --cores               # + 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP
+    python benchmarks/speed.py --profile             # + torch.profiler tables -> results/profile.md
     python benchmarks/speed.py --profile --baseline <git rev>   # + before/after against an older revision
+    python benchmarks/speed.py --skip-tables --cores # only a mode
+
+Each part rewrites its own generated block of ``results/speed.md`` (``results/profile.md`` for
+``--profile``); the analysis around the blocks is written by hand.
 
 Tables:
-  * as configured: each model with its ``conf/<model>.yaml`` arguments and history length ``L``
-    (``data.history``), N=5, B=100; plus SET at L=1 (EGNN's exact task);
-  * N sweep (5, 20, 30, 100) at L=10; L sweep (1, 5, 10, 20) at N=5 (all models at the same L).
+  * as configured: each model with its ``conf/<model>.yaml`` and history length ``L`` (``data.history``),
+    N=5, B=100; plus SET at L=1 (EGNN's exact task);
+  * N sweep (5, 20, 30, 100) at L=10; L sweep (1, 5, 10, 20) at N=5 (all models at the same L; the MLP
+    reads all L frames, its ``n_frames`` being ``data.history``).
 
 Activation memory: bytes of the distinct tensors saved for backward during one forward pass
-(``torch.autograd.graph.saved_tensors_hooks``; parameters excluded) — the part of the peak memory
-that grows with B, L and N. With CUDA available, ``torch.cuda.max_memory_allocated`` of one step on
-the GPU is added.
+(``torch.autograd.graph.saved_tensors_hooks``; parameters excluded), the part of the peak memory that
+grows with B, L and N. With CUDA available, ``torch.cuda.max_memory_allocated`` of one step on the
+GPU is added.
+
+Modes:
+  * ``--flops``: matmul FLOPs of one forward + backward counted by ``torch.utils.flop_counter``, divided
+    by the measured step time (achieved GFLOP/s), against the fp32 and bf16 peak of one large square
+    matmul on 1 thread measured by the same run;
+  * ``--bf16``: the step with the forward and the loss under ``torch.autocast(bfloat16)`` (what
+    ``trainer.precision=bf16-mixed`` does) against fp32, SET and EGNN as configured;
+  * ``--cores``: SET as configured, using two cores three ways: one run with 2 torch threads; two
+    1-thread runs side by side (total throughput); DDP over 2 gloo processes (a short Lightning fit with
+    ``strategy=ddp, devices=2, accelerator=cpu``, timed per step).
 
 Threads: on a machine whose cores are shared with other work, more than one intra-op thread with the
 default OpenMP wait policy (threads spin at each barrier) can be many times slower than one thread;
@@ -33,7 +54,11 @@ import argparse
 import collections
 import contextlib
 import importlib.util
+import io
+import json
+import logging
 import math
+import multiprocessing
 import os
 import shlex
 import statistics
@@ -41,68 +66,90 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
+from lightning.pytorch.callbacks import Callback
+from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
+
+from set_lightning.lightning_cli import make_cli
+from set_lightning.data import sample_initial_conditions, simulate_charged
+from set_lightning.lit import SETLightningModule
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from set_lightning.models import MODELS  # noqa: E402
-
-CONF_NAMES = {"SET": "set", "EGNN": "egnn", "MLP": "mlp", "LSTM": "lstm", "Linear": "linear"}
+SCRIPT = "benchmarks/speed.py"
+#: the models, by the name of their config file (the registry's names): conf/<name>.yaml
+MODELS = ("set", "egnn", "mlp", "lstm", "linear")
+DATA = ["--config", "conf/data/nbody5.yaml"]
 FULL = dict(n_sweep=(5, 20, 30, 100), l_sweep=(1, 5, 10, 20), batch=100, big_n_batch={100: 10})
 QUICK = dict(n_sweep=(5, 20), l_sweep=(1, 5), batch=20, big_n_batch={})
 
+warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+for _name in ("lightning.pytorch", "lightning.fabric"):  # the CLI's banners ("Seed set to 0", devices)
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
-def conf(name: str) -> tuple[dict[str, Any], int, int]:
-    """``(model init_args, data.history, data.batch_size)`` from ``conf/<name>.yaml``."""
-    cfg = yaml.safe_load((REPO / "conf" / f"{name}.yaml").read_text())
-    data = cfg.get("data", {})
-    return dict(cfg["model"]["net"].get("init_args", {})), int(data.get("history", 1)), int(data.get("batch_size", 100))
+
+def quiet(fn: Callable[[], Any]) -> Any:
+    """``fn()`` without its console output (the CLI's trainer banner)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn()
+
+
+def make_batch(b: int, ell: int, n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of the data module's keys: ``b`` systems of ``n`` particles drawn by
+    ``sample_initial_conditions`` and simulated for ``ell`` input frames and one target frame."""
+    x0, v0, q = sample_initial_conditions(b, n, torch.Generator().manual_seed(seed))
+    x, v = simulate_charged(x0, v0, q, steps=10 * (ell + 2), sample_freq=10)  # ell + 1 frames
+    batch = {"x": x[:, :ell], "v": v[:, :ell], "charges": q, "x_target": x[:, ell], "v_target": v[:, ell]}
+    return {k: t.float().to(device) for k, t in batch.items()}
 
 
 @dataclass
 class Case:
-    """One model at one input shape."""
+    """One model at one input shape: ``conf/<name>.yaml`` + the benchmark data + ``overrides``.
 
-    label: str
-    make: Callable[[], torch.nn.Module]
-    ell: int
-    n: int
-    batch: int
+    ``label`` may hold ``{model}`` (the class) and ``{L}`` (the history); ``n``, ``ell`` and ``batch``
+    are read from the built data module.
+    """
+
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    label: str = "{model}"
+    bf16: bool = False
+    n: int = 0
+    ell: int = 0
+    batch: int = 0
     result: dict[str, Any] = field(default_factory=dict)
 
-
-def make_batch(b: int, ell: int, n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs and targets of the charged N-body shapes (values do not affect the speed)."""
-    g = torch.Generator().manual_seed(seed)
-    loc = (n / 5) ** (1 / 3)
-    x = loc * torch.randn(b, ell, n, 3, generator=g)
-    v = 0.5 * torch.randn(b, ell, n, 3, generator=g)
-    q = torch.randint(0, 2, (b, n, 1), generator=g).float() * 2 - 1
-    xt = x[:, -1] + v[:, -1] + 0.1 * torch.randn(b, n, 3, generator=g)
-    vt = v[:, -1] + 0.1 * torch.randn(b, n, 3, generator=g)
-    return tuple(t.to(device) for t in (x, v, q, xt, vt))
+    def cli_args(self) -> list[str]:
+        return ["--config", f"conf/{self.name}.yaml", *DATA, *self.overrides, "--trainer.logger=false"]
 
 
-class Trainer:
-    """A model, its Adam optimiser and one fixed batch; ``step()`` is one training step."""
+class Stepper:
+    """The case's LightningModule (built by the CLI), its optimiser and one batch; ``step()`` is one
+    training step. ``net`` replaces the built model (same module settings), e.g. an older revision's."""
 
-    def __init__(self, case: Case, device: torch.device) -> None:
+    def __init__(self, case: Case, device: torch.device, net: torch.nn.Module | None = None) -> None:
         torch.manual_seed(0)
-        self.model = case.make().to(device).train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        cli = quiet(lambda: make_cli(case.cli_args(), run=False))
+        module, data = cli.model, cli.datamodule
+        self.init_args = cli.config["model"]["net"]["init_args"].as_dict()
+        if net is not None:
+            keep = ("lr", "weight_decay", "pos_weight", "vel_weight")
+            module = SETLightningModule(net=net, **{k: module.hparams[k] for k in keep})
+        self.module = module.to(device).train()
+        self.opt = self.module.make_optimizer()
+        case.n, case.ell, case.batch = data.n_particles, data.history, data.batch_size
+        case.label = case.label.format(model=type(self.module.net).__name__, L=data.history)
         self.batch = make_batch(case.batch, case.ell, case.n, device)
-        self.device = device
+        self.device, self.bf16 = device, case.bf16
 
     def loss(self) -> torch.Tensor:
-        x, v, q, xt, vt = self.batch
-        xp, vp = self.model(x, v, q)
-        return ((xp - xt) ** 2).mean() + ((vp - vt) ** 2).mean()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.module.losses(self.batch)[0]
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -112,9 +159,9 @@ class Trainer:
             torch.cuda.synchronize()
 
 
-def activation_mib(trainer: Trainer) -> float:
+def activation_mib(stepper: Stepper) -> float:
     """MiB of the distinct storages saved for backward in one forward pass (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -123,11 +170,11 @@ def activation_mib(trainer: Trainer) -> float:
             saved[s.data_ptr()] = s.nbytes()
         return t
 
-    trainer.opt.zero_grad(set_to_none=True)
+    stepper.opt.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = trainer.loss()
+        loss = stepper.loss()
     loss.backward()
-    trainer.opt.zero_grad(set_to_none=True)
+    stepper.opt.zero_grad(set_to_none=True)
     return sum(saved.values()) / 2**20
 
 
@@ -138,72 +185,59 @@ def cuda_peak_mib(case: Case) -> float | None:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        trainer = Trainer(case, torch.device("cuda"))
-        trainer.step()
+        Stepper(case, torch.device("cuda")).step()
         peak = torch.cuda.max_memory_allocated() / 2**20
     except torch.cuda.OutOfMemoryError:
         peak = float("nan")
     finally:
-        trainer = None  # noqa: F841
         torch.cuda.empty_cache()
     return peak
 
 
-def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: float, log: Callable) -> None:
+def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: float, log: Callable,
+               steppers: list[Stepper] | None = None) -> None:
     """Warm up every case, then time ``repeats`` interleaved rounds (fewer for slow cases, >= 3)."""
-    trainers = []
-    for case in cases:
-        tr = Trainer(case, device)
-        case.result["params"] = tr.model.n_params
+    steppers = steppers or [Stepper(case, device) for case in cases]
+    for case, st in zip(cases, steppers):
+        case.result["params"] = st.module.net.n_params
         t0 = time.perf_counter()
-        case.result["act_mib"] = activation_mib(tr)  # also the first warm-up step
+        case.result["act_mib"] = activation_mib(st)  # also the first warm-up step
         first = time.perf_counter() - t0
-        tr.step()  # second warm-up step
+        st.step()  # second warm-up step
         case.result["cuda_mib"] = cuda_peak_mib(case)
         # slow cases get fewer repeats so that the whole group stays within budget_s per case
         case.result["repeats"] = max(3, min(repeats, int(budget_s / max(first, 1e-6))))
-        trainers.append(tr)
     wall: dict[int, list[float]] = collections.defaultdict(list)
     cpu: dict[int, list[float]] = collections.defaultdict(list)
     for r in range(max(c.result["repeats"] for c in cases)):
-        for i, (case, tr) in enumerate(zip(cases, trainers)):
+        for i, (case, st) in enumerate(zip(cases, steppers)):
             if r >= case.result["repeats"]:
                 continue
             c0, w0 = time.process_time(), time.perf_counter()
-            tr.step()
+            st.step()
             wall[i].append(time.perf_counter() - w0)
             cpu[i].append(time.process_time() - c0)
     for i, case in enumerate(cases):
         case.result["ms"] = 1e3 * statistics.median(wall[i])
         case.result["cpu_ms"] = 1e3 * statistics.median(cpu[i])
         case.result["samples_s"] = case.batch / (case.result["ms"] / 1e3)
-    ref = next((c for c in cases if c.label.startswith("EGNN")), None)
+    ref = next((c for c in cases if c.name == "egnn"), None)
     for case in cases:
         case.result["ratio"] = case.result["ms"] / ref.result["ms"] if ref is not None else float("nan")
     log(f"  N={cases[0].n} L={cases[0].ell}: " + ", ".join(f"{c.label} {c.result['ms']:.1f} ms" for c in cases))
 
 
-def model_cases(ell: int, n: int, batch: int, mlp_frames: int | None = None) -> list[Case]:
-    """SET, EGNN, MLP, LSTM, Linear (conf arguments) at one shape."""
-    cases = []
-    for label, name in CONF_NAMES.items():
-        kwargs, _, _ = conf(name)
-        if name == "mlp" and mlp_frames is not None:
-            kwargs["n_frames"] = mlp_frames
-            label = f"MLP (n_frames={mlp_frames})"
-        cases.append(Case(label, lambda name=name, kwargs=kwargs: MODELS[name](**kwargs), ell, n, batch))
-    return cases
+def sweep_cases(ell: int, n: int, batch: int) -> list[Case]:
+    """Every model at one shape."""
+    shape = [f"--data.history={ell}", f"--data.n_particles={n}", f"--data.batch_size={batch}"]
+    return [Case(name, shape) for name in MODELS]
 
 
 def configured_cases(batch: int | None) -> list[Case]:
     """Every model at its own conf history length (N=5), plus SET at L=1."""
-    cases = []
-    for label, name in CONF_NAMES.items():
-        kwargs, hist, bs = conf(name)
-        cases.append(Case(f"{label} (conf, L={hist})", lambda name=name, kwargs=kwargs: MODELS[name](**kwargs),
-                          hist, 5, batch or bs))
-    kwargs, _, bs = conf("set")
-    cases.insert(1, Case("SET (conf, L=1)", lambda: MODELS["set"](**kwargs), 1, 5, batch or bs))
+    size = [f"--data.batch_size={batch}"] if batch else []
+    cases = [Case(name, size, "{model} (conf, L={L})") for name in MODELS]
+    cases.insert(1, Case("set", [*size, "--data.history=1"], "{model} (conf, L={L})"))
     return cases
 
 
@@ -228,6 +262,223 @@ def table(cases: list[Case], with_cuda: bool) -> list[str]:
     return lines
 
 
+def run_tables(args: argparse.Namespace, plan: dict, device: torch.device, log: Callable) -> list[str]:
+    """The as-configured table and the N and L sweeps."""
+    with_cuda = torch.cuda.is_available()
+    batch = args.batch or plan["batch"]
+    lines = [
+        "One training step = the LightningModule's objective (pos_weight MSE(x) + vel_weight MSE(v)) + backward + "
+        "its Adam step, on a simulated batch. Medians over `repeats` steps after two warm-up steps; models of one "
+        "sweep point are timed round-robin and '× EGNN' is the ratio to EGNN's median in that same loop. "
+        "'CPU ms' is process CPU time. 'activation memory' = distinct tensors saved for backward by one forward "
+        "pass (parameters excluded).",
+        "",
+    ]
+    log("as configured")
+    cases = configured_cases(args.batch or (plan["batch"] if args.quick else None))
+    time_group(cases, device, args.repeats, args.budget, log)
+    lines += ["## As configured (conf/<model>.yaml and its data.history; conf/data/nbody5.yaml)", ""]
+    lines += table(cases, with_cuda) + [""]
+    all_n: list[Case] = []
+    log("N sweep")
+    for n in plan["n_sweep"]:
+        group = sweep_cases(10, n, plan["big_n_batch"].get(n, batch) if args.batch is None else batch)
+        time_group(group, device, args.repeats, args.budget, log)
+        all_n += group
+    lines += [f"## N sweep at L=10 (B={batch}" + "".join(
+        f"; B={b} at N={n} to bound memory" for n, b in plan["big_n_batch"].items() if args.batch is None) + ")", ""]
+    lines += table(all_n, with_cuda) + [""]
+    all_l: list[Case] = []
+    log("L sweep")
+    for ell in plan["l_sweep"]:
+        group = sweep_cases(ell, 5, batch)
+        time_group(group, device, args.repeats, args.budget, log)
+        all_l += group
+    lines += [f"## L sweep at N=5 (B={batch}; the MLP reads the L frames)", ""] + table(all_l, with_cuda) + [""]
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------
+# achieved GFLOP/s, bf16, cores
+# ----------------------------------------------------------------------------------------------------------
+
+def counted_gflop(stepper: Stepper) -> float:
+    """FLOPs of one forward + backward counted by ``torch.utils.flop_counter`` (matmul-type ops), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stepper.opt.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        stepper.loss().backward()
+    stepper.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` ``(size x size) @ (size x size)`` matmuls on 1 thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
+        a @ b  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * size**3 / best / 1e9
+
+
+def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Achieved GFLOP/s of SET and EGNN (as configured) against the measured matmul peaks."""
+    size = 512 if args.quick else 2048
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, size), "bf16": matmul_peak_gflops(torch.bfloat16, size)}
+    log(f"matmul peak ({size}^2, 1 thread): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
+    cases = [Case("set", size_args, "{model} (conf, L={L})"), Case("egnn", size_args, "{model} (conf, L={L})")]
+    steppers = [Stepper(c, device) for c in cases]
+    gflop = [counted_gflop(st) for st in steppers]
+    time_group(cases, device, args.repeats, args.budget, log, steppers)
+    lines = [
+        "## Achieved GFLOP/s per training step (--flops)", "",
+        f"Matmul peak measured by this run, one ({size} x {size}) @ ({size} x {size}) matmul on 1 thread, fastest "
+        f"of 5: fp32 **{peaks['fp32']:.1f} GFLOP/s**, bf16 **{peaks['bf16']:.1f} GFLOP/s**. FLOPs: matmul-type "
+        "ops of one forward + backward, counted by torch.utils.flop_counter.FlopCounterMode (elementwise ops "
+        f"not counted); {torch.get_num_threads()} thread(s) for the steps.", "",
+        "| model | N | L | B | counted GFLOP / step | step ms (median) | achieved GFLOP/s | % of fp32 peak | "
+        "% of bf16 peak |", "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, gf in zip(cases, gflop):
+        achieved = gf / (case.result["ms"] / 1e3)
+        lines.append(f"| {case.label} | {case.n} | {case.ell} | {case.batch} | {gf:.2f} | {case.result['ms']:.1f} | "
+                     f"{achieved:.1f} | {100 * achieved / peaks['fp32']:.0f}% | {100 * achieved / peaks['bf16']:.0f}% |")
+    return lines + [""]
+
+
+def run_bf16(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Step time with the forward and loss under bf16 autocast vs fp32 (SET and EGNN as configured)."""
+    size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
+    cases = [Case(name, size_args, "{model} (conf, L={L})", bf16=bf16)
+             for name in ("set", "egnn") for bf16 in (False, True)]
+    time_group(cases, device, args.repeats, args.budget, log)
+    lines = ["## bf16-mixed vs fp32 (--bf16)", "",
+             "The same training step with the forward and the loss under `torch.autocast(bfloat16)` (as "
+             "`--trainer.precision bf16-mixed`), timed round-robin with the fp32 step. CPU capability: "
+             f"{torch.backends.cpu.get_cpu_capability()}.", "",
+             "| model | N | L | B | fp32 step ms | bf16-mixed step ms | bf16 / fp32 |", "|---|---|---|---|---|---|---|"]
+    for fp32, bf16 in zip(cases[::2], cases[1::2]):
+        lines.append(f"| {fp32.label} | {fp32.n} | {fp32.ell} | {fp32.batch} | {fp32.result['ms']:.1f} | "
+                     f"{bf16.result['ms']:.1f} | {bf16.result['ms'] / fp32.result['ms']:.2f} |")
+    return lines + [""]
+
+
+def _cores_worker(case: Case, threads: int, steps: int, barrier: Any, results: Any) -> None:
+    """One training process of ``--cores``: warm up, wait for the others, time ``steps`` steps."""
+    torch.set_num_threads(threads)
+    stepper = Stepper(case, torch.device("cpu"))
+    for _ in range(2):
+        stepper.step()
+    barrier.wait()
+    times = []
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        s0 = time.perf_counter()
+        stepper.step()
+        times.append(time.perf_counter() - s0)
+    results.put({"elapsed": time.perf_counter() - t0, "steps": steps, "median": statistics.median(times)})
+
+
+def _side_by_side(case: Case, processes: int, threads: int, steps: int) -> list[dict[str, float]]:
+    """Run ``processes`` fresh processes of ``threads`` threads each, timed together."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_cores_worker, args=(case, threads, steps, barrier, results))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    out = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return out
+
+
+class StepTimer(Callback):
+    """Wall time of every training step (batch start to batch end) of rank 0, written as JSON at the end."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.times, self.t0 = out, [], 0.0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.times.append(time.perf_counter() - self.t0)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.global_rank == 0:
+            Path(self.out).write_text(json.dumps({"step_s": self.times}))
+
+
+def ddp_worker(out: str, cli_args: list[str]) -> None:
+    """``--ddp-worker``: a Lightning fit with ``cli_args``; Lightning re-runs this command for rank 1."""
+    torch.set_num_threads(1)
+    cli = quiet(lambda: make_cli(cli_args, run=False, trainer_defaults={"callbacks": [StepTimer(out)]},
+                                 save_config_callback=None))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def _ddp_steps(case: Case, steps: int, batch: int) -> list[float]:
+    """Per-step wall times of a 2-process DDP fit (gloo, CPU) of ``case``, warm-up steps dropped."""
+    warmup = 2
+    with tempfile.TemporaryDirectory(prefix="speed_ddp_") as tmp:
+        out = str(Path(tmp) / "steps.json")
+        cli_args = [
+            *case.cli_args(), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            f"--trainer.max_steps={steps + warmup}", "--trainer.limit_val_batches=0",
+            "--trainer.num_sanity_val_steps=0", "--trainer.enable_checkpointing=false",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.callbacks=[]", f"--data.batch_size={batch}", f"--data.n_train={2 * batch * (steps + warmup)}",
+            f"--data.n_val={batch}", f"--data.n_test={batch}", f"--data.cache_dir={Path(tmp) / 'data'}",
+        ]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        proc = subprocess.run([sys.executable, __file__, "--ddp-worker", out, "--", *cli_args], env=env,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not Path(out).is_file():
+            raise RuntimeError("DDP run failed:\n" + (proc.stdout + proc.stderr)[-3000:])
+        return json.loads(Path(out).read_text())["step_s"][warmup:]
+
+
+def run_cores(args: argparse.Namespace, log: Callable) -> list[str]:
+    """SET as configured on two cores: 1 run x 2 threads, 2 runs x 1 thread side by side, DDP (2 x 1)."""
+    steps = args.cores_steps or (3 if args.quick else 20)
+    case = Case("set", [f"--data.batch_size={args.batch}"] if args.batch else [])
+    probe = Stepper(case, torch.device("cpu"))  # resolves the label and the shapes
+    rows = []
+    for label, procs, threads in [("one run, 2 threads", 1, 2), ("two runs side by side, 1 thread each", 2, 1)]:
+        log(f"cores: {label}")
+        out = _side_by_side(case, procs, threads, steps)
+        total = sum(r["steps"] / r["elapsed"] for r in out)
+        rows.append((label, f"{procs} x {threads}", 1e3 * statistics.median(r["median"] for r in out), total))
+    log("cores: DDP, 2 gloo processes")
+    ddp = _ddp_steps(case, steps, case.batch)
+    step_s = statistics.median(ddp)
+    rows.append(("DDP over 2 gloo processes (Lightning fit, strategy=ddp)", "2 x 1", 1e3 * step_s, 2 / step_s))
+    del probe
+    lines = ["## Two cores, three ways (--cores)", "",
+             f"{case.label} as configured: N={case.n}, L={case.ell}, B={case.batch} per process, {steps} timed steps "
+             "after 2 warm-up steps. 'steps/s total' counts training steps of B samples over all processes (a DDP "
+             "step processes one batch of B on each of the 2 processes: 2 steps). The DDP step is timed by a "
+             "callback from batch start to batch end (forward, backward with the gradient all-reduce, optimiser "
+             "step, Lightning's logging).", "",
+             "| setup | processes x threads | step ms (median per process) | steps/s total | samples/s total |",
+             "|---|---|---|---|---|"]
+    for label, shape, ms, total in rows:
+        lines.append(f"| {label} | {shape} | {ms:.1f} | {total:.2f} | {total * case.batch:.0f} |")
+    return lines + [""]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # profiling
 # ----------------------------------------------------------------------------------------------------------
@@ -247,14 +498,14 @@ def load_models_at(rev: str) -> Any:
     return module
 
 
-def profile_table(trainer: Trainer, steps: int = 3) -> tuple[str, Any]:
+def profile_table(stepper: Stepper, steps: int = 3) -> tuple[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
-        trainer.step()
+        stepper.step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
-            trainer.step()
+            stepper.step()
     text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return text, prof
 
@@ -276,37 +527,24 @@ def size_classes(prof: Any, steps: int, edge_elems: int, node_elems: int) -> dic
     return dict(out)
 
 
-def matmul_gflop(make: Callable[[], torch.nn.Module], b: int, ell: int, n: int) -> float:
-    """Matmul GFLOP of one forward + backward (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def run_profile(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    ell, b = 10, args.batch or (20 if args.quick else 100)
+    shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
+    lines = [f"## Profile: one training step at N=5, L={ell}, B={b} ({torch.get_num_threads()} thread(s))", ""]
+    profs, steppers = {}, {}
+    for name in ("set", "egnn"):
+        case = Case(name, shape)
+        steppers[name] = st = Stepper(case, device)
+        text, profs[name] = profile_table(st)
+        log(f"\n{case.label}: top-15 ops by self CPU time (3 training steps)\n{text}")
+        lines += [f"### {case.label}: top-15 ops by self CPU time (3 training steps)", "", "```", text.rstrip(),
+                  "```", ""]
 
-    torch.manual_seed(0)
-    model = make()
-    x, v, q, xt, vt = make_batch(b, ell, n, torch.device("cpu"))
-    with FlopCounterMode(display=False) as fc:
-        xp, vp = model(x, v, q)
-        (((xp - xt) ** 2).mean() + ((vp - vt) ** 2).mean()).backward()
-    return fc.get_total_flops() / 1e9
-
-
-def run_profile(args: argparse.Namespace, device: torch.device, header: list[str], log: Callable) -> str:
-    n, ell, b = 5, 10, args.batch or (20 if args.quick else 100)
-    set_kwargs, _, _ = conf("set")
-    egnn_kwargs, _, _ = conf("egnn")
-    lines = header + ["", f"## Profile: one training step at N={n}, L={ell}, B={b} "
-                      f"({torch.get_num_threads()} thread(s))", ""]
-    profs = {}
-    for label, name, kwargs in [("SET", "set", set_kwargs), ("EGNN", "egnn", egnn_kwargs)]:
-        trainer = Trainer(Case(label, lambda name=name, kwargs=kwargs: MODELS[name](**kwargs), ell, n, b), device)
-        text, prof = profile_table(trainer)
-        profs[label] = prof
-        log(f"\n{label}: top-15 ops by self CPU time (3 training steps)\n{text}")
-        lines += [f"### {label}: top-15 ops by self CPU time (3 training steps)", "", "```", text.rstrip(), "```", ""]
-
-    # where SET's time goes, and the FLOP ratio
-    hidden = set_kwargs.get("hidden", 64)
+    set_case = steppers["set"]
+    hidden = set_case.init_args["hidden"]
+    n = 5
     edge_elems, node_elems = b * ell * n * (n - 1) * hidden, b * ell * n * hidden
-    classes = size_classes(profs["SET"], 3, edge_elems, node_elems)
+    classes = size_classes(profs["set"], 3, edge_elems, node_elems)
     total = sum(classes.values())
     bounds = {EDGE: f">= {edge_elems:,} elements (B L N (N-1) H)", NODE: f">= {node_elems:,} (B L N H)",
               SMALL: "smaller"}
@@ -316,95 +554,56 @@ def run_profile(args: argparse.Namespace, device: torch.device, header: list[str
               for k, v in sorted(classes.items(), key=lambda kv: -kv[1])]
     lines.append("")
 
+    small = ["--model.net.init_args.n_blocks=1", "--model.net.init_args.n_spatial_layers=1"]
     variants = [
-        ("EGNN (conf: 4 layers, L=1 input)", "egnn", egnn_kwargs, ell),
-        ("SET (conf: 2 blocks x 2 EGCL, L=10)", "set", set_kwargs, ell),
-        ("SET, n_spatial_layers=1 (2 blocks x 1 EGCL), L=10", "set", {**set_kwargs, "n_spatial_layers": 1}, ell),
-        ("SET, n_blocks=1, n_spatial_layers=1, L=10", "set", {**set_kwargs, "n_blocks": 1, "n_spatial_layers": 1}, ell),
-        ("SET, n_blocks=1, n_spatial_layers=1, L=5", "set", {**set_kwargs, "n_blocks": 1, "n_spatial_layers": 1}, 5),
-        ("SET, hidden=32 (conf otherwise), L=10", "set", {**set_kwargs, "hidden": 32}, ell),
-        ("SET (conf), L=1", "set", set_kwargs, 1),
+        ("EGNN (conf: 4 layers, L=1 input)", "egnn", [], ell),
+        ("SET (conf: 2 blocks x 2 EGCL, L=10)", "set", [], ell),
+        ("SET, n_spatial_layers=1 (2 blocks x 1 EGCL), L=10", "set", small[1:], ell),
+        ("SET, n_blocks=1, n_spatial_layers=1, L=10", "set", small, ell),
+        ("SET, n_blocks=1, n_spatial_layers=1, L=5", "set", small, 5),
+        ("SET, hidden=32 (conf otherwise), L=10", "set", ["--model.net.init_args.hidden=32"], ell),
+        ("SET (conf), L=1", "set", [], 1),
     ]
-    cases = [Case(lbl, lambda name=name, kw=kw: MODELS[name](**kw), L, n, b) for lbl, name, kw, L in variants]
-    flops = {c.label: matmul_gflop(c.make, b, c.ell, n) for c in cases}
-    time_group(cases, device, args.repeats, args.budget, log)
-    ref = cases[0]
+    cases = [Case(name, [*extra, f"--data.history={L}", f"--data.batch_size={b}"], label)
+             for label, name, extra, L in variants]
+    steps = [Stepper(c, device) for c in cases]
+    flops = [counted_gflop(st) for st in steps]
+    time_group(cases, device, args.repeats, args.budget, log, steps)
     lines += ["### Cost per training step vs EGNN (same run; matmul FLOPs from torch.utils.flop_counter)", "",
               "| model | graph-layers (frames x EGCLs) | matmul GFLOP / step (fwd+bwd) | FLOP ratio | step ms | time ratio |",
               "|---|---|---|---|---|---|"]
-    for (lbl, name, kw, L), c in zip(variants, cases):
-        layers = kw.get("n_layers", 4) if name == "egnn" else L * kw.get("n_blocks", 2) * kw.get("n_spatial_layers", 2)
-        lines.append(f"| {lbl} | {layers} | {flops[lbl]:.2f} | {flops[lbl] / flops[ref.label]:.1f} | "
-                     f"{c.result['ms']:.1f} | {c.result['ratio']:.1f} |")
+    for case, st, gf in zip(cases, steps, flops):
+        kw = st.init_args
+        layers = kw["n_layers"] if case.name == "egnn" else case.ell * kw["n_blocks"] * kw["n_spatial_layers"]
+        lines.append(f"| {case.label} | {layers} | {gf:.2f} | {gf / flops[0]:.1f} | "
+                     f"{case.result['ms']:.1f} | {case.result['ratio']:.1f} |")
     lines.append("")
-    set_case = cases[1]
-
     if args.baseline:
         lines += baseline_section(args, device, log)
-
-    edge, node, small = (classes.get(k, 0.0) / total for k in (EDGE, NODE, SMALL))
-    bound = ("SET is compute-bound, not overhead-bound" if small < 0.25 else
-             "at this batch size per-op overhead is a large share of SET's step")
-    lines += [
-        "## Why SET is not within 3x of EGNN at N=5, L=10 (and what would get it there)", "",
-        f"* SET runs its EGCLs on every frame: 2 blocks x 2 EGCLs x L=10 frames = 40 graph-layers per sample, "
-        f"EGNN 4 (it sees the last frame only). SET's EGCL does the same per-edge work as EGNN's (plus "
-        f"attention logits and a LayerNorm), every node-wise layer also runs once per frame, and each block "
-        f"adds an ETAL whose pair tensor (B N, L, L, H) is 2.5x the size of an EGCL edge tensor at N=5, L=10. "
-        f"The measured matmul FLOP ratio is {flops[set_case.label] / flops[ref.label]:.1f}x and the measured "
-        f"time ratio {set_case.result['ratio']:.1f}x; {bound}. Of its "
-        f"profiled time, {edge:.0%} is in ops on pair/edge-sized tensors (the edge-MLP GEMMs, SiLU and its "
-        f"backward, the broadcast adds and reductions over pairs), {node:.0%} in node-sized ops (the node MLPs, "
-        f"q/k/v and feed-forward GEMMs, LayerNorms, attention over frames: they too run once per frame), and "
-        f"{small:.0%} in small ops (per-op dispatch overhead, Adam, index bookkeeping).",
-        "* What was removed (same function, equivariance tests at 1e-10 unchanged): the masked diagonal of "
-        "the EGCL edge tensors (N (N-1) instead of N^2 edges: -20 % at N=5); small-K GEMMs and rank-1 "
-        "GEMM backwards (edge attributes, distance terms, scalar gates) replaced by fused multiply-adds and "
-        "matrix-vector products with a custom backward; ETAL's two scalar gates read the pair tensor in one "
-        "GEMM; ETAL's velocity update is a batched matmul instead of a (B N, L, L, 3) broadcast; the "
-        "constant same-node feature of ETAL folded into a bias; no Python loops over time or particles. "
-        "The model has no Python loop over frames: frames are folded into the batch.",
-        "* What is left is inherent to the architecture at these settings. To get within 3x of EGNN the "
-        "model must do less work per sample, e.g. one EGCL per block (`n_spatial_layers=1`), one block, a "
-        "shorter history, or spatial layers applied to the last frames only / shared across a block; the "
-        "table above measures such variants in the same run (a smaller width cuts the GEMM FLOPs, not the "
-        "elementwise passes). Lower precision or a GPU would change the constant factor of both models, not "
-        "the FLOP ratio. Other ideas measured while optimising: a fused Linear for the attention "
-        "logits and phi_x's first layer (no gain: the split's backward concatenation costs what it saves), "
-        "BMM/einsum formulations of the multi-head aggregation (slower than broadcast-multiply + sum on "
-        "CPU), torch.compile of the whole model (inductor, CPU: a few % after minutes of compilation), "
-        "dropout's Bernoulli sampling (~4 % of SET's step, inherent to training with dropout 0.1).",
-    ]
-    if args.baseline and any(t > 1 for t in args.baseline_threads):
-        lines.append(
-            "* Threads: the before/after table includes more than one intra-op thread. On a 2-core machine "
-            "shared with other jobs, extra OpenMP threads compete with those jobs; with the default wait "
-            "policy (spinning) a step can be several times slower than with one thread, so the project's "
-            "tests and this benchmark default to 1 thread. OMP_WAIT_POLICY for this run: "
-            f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}.")
-    lines.append("")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def baseline_section(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
     """Before/after: SET and EGNN of ``args.baseline`` vs the working tree, interleaved, at 1 and 2 threads."""
     old = load_models_at(args.baseline)
-    set_kwargs, _, _ = conf("set")
-    egnn_kwargs, _, _ = conf("egnn")
-    n, ell, b = 5, 10, args.batch or (20 if args.quick else 100)
-    lines = [f"## Before / after at N={n}, L={ell}, B={b}: revision `{args.baseline}` vs this working tree", "",
+    ell, b = 10, args.batch or (20 if args.quick else 100)
+    lines = [f"## Before / after at N=5, L={ell}, B={b}: revision `{args.baseline}` vs this working tree", "",
              "| threads | SET before (ms) | SET after (ms) | speed-up | EGNN before (ms) | EGNN after (ms) | "
              "SET/EGNN before | SET/EGNN after |", "|---|---|---|---|---|---|---|---|"]
     threads0 = torch.get_num_threads()
     for threads in args.baseline_threads:
         torch.set_num_threads(threads)
-        cases = [
-            Case("EGNN (after)", lambda: MODELS["egnn"](**egnn_kwargs), ell, n, b),
-            Case("SET (after)", lambda: MODELS["set"](**set_kwargs), ell, n, b),
-            Case("EGNN (before)", lambda: old.MODELS["egnn"](**egnn_kwargs), ell, n, b),
-            Case("SET (before)", lambda: old.MODELS["set"](**set_kwargs), ell, n, b),
-        ]
-        time_group(cases, device, args.repeats, args.budget, log)
+        shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
+        cases, steppers = [], []
+        for name in ("egnn", "set"):
+            for when in ("after", "before"):
+                case = Case(name, shape, f"{{model}} ({when})")
+                new = Stepper(case, device)
+                if when == "before":
+                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+                cases.append(case)
+                steppers.append(new)
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
         r = {c.label: c.result["ms"] for c in cases}
         lines.append(f"| {threads} | {r['SET (before)']:.1f} | {r['SET (after)']:.1f} | "
                      f"{r['SET (before)'] / r['SET (after)']:.2f}x | {r['EGNN (before)']:.1f} | {r['EGNN (after)']:.1f} | "
@@ -420,6 +619,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: B=20, N in (5, 20), L in (1, 5), < 1 min")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--output", default=str(REPO / "results" / "speed.md"))
+    parser.add_argument("--skip-tables", "--skip-sweeps", action="store_true",
+                        help="no speed tables: only the modes asked for")
+    parser.add_argument("--flops", action="store_true", help="achieved GFLOP/s of SET and EGNN vs the matmul peak")
+    parser.add_argument("--bf16", action="store_true", help="bf16-mixed autocast step time vs fp32")
+    parser.add_argument("--cores", action="store_true",
+                        help="SET on 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP over 2 gloo processes")
+    parser.add_argument("--cores-steps", type=int, default=None, help="timed steps of --cores (default 20; 3 quick)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile SET and EGNN at N=5, L=10 and write --profile-output")
     parser.add_argument("--profile-output", default=str(REPO / "results" / "profile.md"))
@@ -431,81 +637,55 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed steps per slow model and sweep point (default 45; 5 with --quick)")
     parser.add_argument("--device", default="cpu", help="device to time on (default cpu)")
-    parser.add_argument("--skip-sweeps", action="store_true", help="only the 'as configured' table (and --profile)")
+    parser.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("cli_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_worker:
+        ddp_worker(args.ddp_worker, args.cli_args)
+        return
 
     plan = QUICK if args.quick else FULL
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.budget = args.budget or (5.0 if args.quick else 45.0)
-    batch = args.batch or plan["batch"]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    with_cuda = torch.cuda.is_available()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     env = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} " if "OMP_WAIT_POLICY" in os.environ else ""
-    command = env + "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).as_posix())] + sys.argv[1:])
+    command = env + "python " + " ".join(shlex.quote(a) for a in [SCRIPT] + sys.argv[1:])
+    with_cuda = torch.cuda.is_available()
     header = [
-        "# Training speed per model (benchmarks/speed.py)", "",
         f"Command: `{command}`  ",
         f"torch {torch.__version__}, device {device}, intra-op threads: {torch.get_num_threads()}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"CUDA available: {with_cuda}" + (f" ({torch.cuda.get_device_name()})" if with_cuda else "")
         + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, os.cpu_count()={os.cpu_count()}",
+        "",
     ]
     if args.threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         log("note: more than one thread without OMP_WAIT_POLICY=PASSIVE can be very slow on a busy machine")
-    t_start = time.perf_counter()
-    lines = header + [
-        "",
-        "One training step = forward + MSE(x) + MSE(v) + backward + Adam step, random inputs. Medians over "
-        "`repeats` steps after two warm-up steps; models of one sweep point are timed round-robin and '× EGNN' "
-        "is the ratio to EGNN's median in that same loop. 'CPU ms' is process CPU time (robust to a busy "
-        "machine at 1 thread; the sum over threads otherwise). 'activation memory' = distinct tensors saved for "
-        "backward by one forward pass (parameters excluded), measured with "
-        "torch.autograd.graph.saved_tensors_hooks.",
-        "",
-    ]
-
-    log("as configured")
-    cases = configured_cases(args.batch or (plan["batch"] if args.quick else None))
-    time_group(cases, device, args.repeats, args.budget, log)
-    lines += ["## As configured (conf/<model>.yaml arguments and data.history; N=5)", ""] + table(cases, with_cuda) + [""]
-
-    if not args.skip_sweeps:
-        all_n: list[Case] = []
-        log("N sweep")
-        for n in plan["n_sweep"]:
-            b = plan["big_n_batch"].get(n, batch) if args.batch is None else batch
-            group = model_cases(10, n, b)
-            time_group(group, device, args.repeats, args.budget, log)
-            all_n += group
-        lines += [f"## N sweep at L=10 (B={batch}"
-                  + "".join(f"; B={b} at N={n} to bound memory" for n, b in plan["big_n_batch"].items()
-                            if args.batch is None) + ")", ""]
-        lines += table(all_n, with_cuda) + [""]
-        all_l: list[Case] = []
-        log("L sweep")
-        for ell in plan["l_sweep"]:
-            group = model_cases(ell, 5, batch, mlp_frames=min(10, ell))
-            time_group(group, device, args.repeats, args.budget, log)
-            all_l += group
-        lines += [f"## L sweep at N=5 (B={batch}; the MLP reads min(10, L) frames)", ""] + table(all_l, with_cuda) + [""]
-
-    lines.append(f"Total benchmark time: {time.perf_counter() - t_start:.0f} s.")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(text)
-    log(f"written to {args.output}")
-
+    parts: list[tuple[str, str, Callable[[], list[str]]]] = []
+    if not args.skip_tables:
+        parts.append(("tables", args.output, lambda: ["# Training speed per model (benchmarks/speed.py)", ""]
+                      + header + run_tables(args, plan, device, log)))
+    if args.flops:
+        parts.append(("--flops", args.output, lambda: header + run_flops(args, device, log)))
+    if args.bf16:
+        parts.append(("--bf16", args.output, lambda: header + run_bf16(args, device, log)))
+    if args.cores:
+        parts.append(("--cores", args.output, lambda: header + run_cores(args, log)))
     if args.profile:
-        text = run_profile(args, device, [h.replace("Training speed per model", "Profile of SET vs EGNN") for h in header], log)
-        Path(args.profile_output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.profile_output).write_text(text)
-        log(f"written to {args.profile_output}")
+        parts.append(("--profile", args.profile_output, lambda: ["# Profile of SET vs EGNN (benchmarks/speed.py)", ""]
+                      + header + run_profile(args, device, log)))
+    for part, output, run in parts:
+        t_start = time.perf_counter()
+        lines = run() + [f"Time of this part: {time.perf_counter() - t_start:.0f} s."]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        write_generated(output, f"{SCRIPT} {part}", text)
+        log(f"written to {output} ({part})")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: the data of every run: the N = 5 benchmark split (3000 / 2000 / 2000); the model files own the history
+BENCHMARK_DATA = ["conf/data/nbody5.yaml"]
 SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
 SMALL = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
 ABLATED = {**SET, **SMALL, "data.history": 5}  # the SET variant the ablation flips flags of
@@ -87,7 +89,7 @@ def _run_spec(label: str, variant: dict, seed: int, run_dir: Path):
     """The worker's spec of one (model, seed): the model's variant plus COMMON, from the repository."""
     from set_lightning.experiments.spec import variant_run
 
-    return variant_run(variant, _slug(label), seed, run_dir, REPO, overrides=COMMON)
+    return variant_run(variant, _slug(label), seed, run_dir, REPO, base=BENCHMARK_DATA, overrides=COMMON)
 
 
 def run_unit(label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path, runs: Path) -> str:

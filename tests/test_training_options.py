@@ -87,8 +87,10 @@ def test_time_budget_stops_training_and_records_the_curve(dm, tmp_path):
     assert 1 <= trainer.global_step <= 13
     assert 0.6 <= budget.elapsed < 1.5
     rows = [json.loads(line) for line in curve.read_text().splitlines()]
-    assert rows == budget.curve and len(rows) == trainer.current_epoch + (trainer.global_step % 4 != 0)
-    assert all(r["train_s"] <= budget.elapsed + 1e-6 and "pos_mse" in r and "pos_mse_median" in r for r in rows)
+    assert rows == budget.curve and len(rows) == math.ceil(trainer.global_step / 4)  # every epoch started is validated
+    for r in rows:
+        assert r["train_s"] <= budget.elapsed + 1e-3, (r, budget.elapsed)
+        assert {"pos_mse", "pos_mse_median"} <= set(r), r
     assert [r["train_s"] for r in rows] == sorted(r["train_s"] for r in rows)
 
 

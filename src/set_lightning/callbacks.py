@@ -219,9 +219,8 @@ class MetricsCSV(Callback):
         self.path: Optional[Path] = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
-        if self.path is None and log_dir is not None:
-            self.path = Path(log_dir) / self.filename
+        if self.path is None and trainer.log_dir is not None:
+            self.path = Path(trainer.log_dir) / self.filename
             if self.path.is_file():
                 with open(self.path, newline="") as f:
                     self.rows = list(csv.DictReader(f))

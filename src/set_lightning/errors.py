@@ -42,25 +42,16 @@ def one_line(err: BaseException) -> str:
 
 
 def _root_user_error(err: BaseException) -> Optional[BaseException]:
-    """The user error to show for ``err``; ``None`` when ``err`` is not (and does not wrap) one.
-
-    The outermost user error in the ``__cause__`` chain (a library may wrap ours), then down the
-    chain while the causes are user errors too (jsonargparse wraps its own errors; the root message
-    is the one to show) but not past another kind of exception (its message carries less context).
-    """
-    chain = []
+    """``err`` or, when a wrapper (jsonargparse, Lightning) raised it from a user error, that user error."""
+    seen = set()
     cause: Optional[BaseException] = err
-    while cause is not None and all(cause is not c for c in chain):
-        chain.append(cause)
+    found = None
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, _user_error_types()):
+            found = cause
         cause = cause.__cause__
-    types = _user_error_types()
-    first = next((i for i, c in enumerate(chain) if isinstance(c, types)), None)
-    if first is None:
-        return None
-    last = first
-    while last + 1 < len(chain) and isinstance(chain[last + 1], types):
-        last += 1
-    return chain[last]
+    return found
 
 
 def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], str]] = None) -> int:
@@ -79,6 +70,13 @@ def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], 
         if cause is None:
             raise
         text = one_line(cause)
-        print(f"error: {hint(text) if hint else text}", file=sys.stderr)
+        if hint is not None:
+            hinted = hint(text)
+            if hinted == text and cause is not err:
+                # the advice may need context only the outer message has (e.g. which class_path)
+                outer = one_line(err)
+                hinted = text + hint(outer)[len(outer):]
+            text = hinted
+        print(f"error: {text}", file=sys.stderr)
         return 1
     return 0

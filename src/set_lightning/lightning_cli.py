@@ -37,13 +37,12 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from set_lightning import program_name
 from set_lightning.callbacks import ModelSummary
 from set_lightning.checkpoints import CheckpointInfo, is_checkpoint_file_path, latest_last_checkpoint
+from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
 from set_lightning.data import NBodyDataModule
 from set_lightning.errors import UserError, one_line
 from set_lightning.files import unwritable_reason
 from set_lightning.lit import SETLightningModule
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-DEFAULTS = CONF_DIR / "defaults.yaml"
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: subcommands that report a metric over a split: one device (DistributedSampler pads the last shard)
 SINGLE_DEVICE_SUBCOMMANDS = ("validate", "test")
@@ -61,7 +60,8 @@ class SaveRunConfig(SaveConfigCallback):
     the new invocation goes beside it as ``config_<resume|test|validate|predict>_<k>.yaml``."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, once
+        # trainer.log_dir is a collective (it broadcasts under DDP): read it once, on every rank
+        log_dir = trainer.log_dir
         if not self.already_saved and log_dir is not None:
             name = "config.yaml"
             if trainer.is_global_zero and (Path(log_dir) / name).is_file():
@@ -95,7 +95,7 @@ class SETLightningCLI(LightningCLI):
         self.ckpt_info: Optional[CheckpointInfo] = None
         # exit_on_error=False: parse errors are raised and shown as one line by main()
         common = {"parser_mode": "omegaconf", "exit_on_error": False}
-        with_defaults = {**common, "default_config_files": [str(DEFAULTS)]}
+        with_defaults = {**common, "default_config_files": [str(p) for p in DEFAULT_CONFIGS]}
         # without a subcommand (run=False) the main parser takes the config
         parser_kwargs: dict = dict(common if run else with_defaults, prog=program_name())
         parser_kwargs.update({sub: dict(with_defaults) for sub in LIGHTNING_SUBCOMMANDS})
@@ -106,6 +106,9 @@ class SETLightningCLI(LightningCLI):
 
     # ------------------------------------------------------------ parsing
     def add_arguments_to_parser(self, parser) -> None:
+        # MLP reads the last n_frames frames: exactly the data's history (ignored by models without an
+        # n_frames argument; a value given for it is replaced by data.history)
+        parser.link_arguments("data.history", "model.net.init_args.n_frames")
         parser.add_argument(
             "--allow_data_override", type=bool, default=False,
             help="With --ckpt_path: use data settings (n_particles, history, seed, ...) that differ from "
@@ -116,7 +119,11 @@ class SETLightningCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
-        self.argv = list(sys.argv[1:] if args is None else args)
+        # conf/... names resolve to the packaged configs from any working directory; DDP's child
+        # processes re-read sys.argv, so resolve it in place
+        if args is None:
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        self.argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
         self.config = parser.parse_args(canonical_model_names(self.argv))
         sub = self.config.get("subcommand")
         if sub:
@@ -205,9 +212,10 @@ class SETLightningCLI(LightningCLI):
     def _report(self, sub: str) -> None:
         """Where the run went and what it got."""
         trainer = self.trainer
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
+        # not trainer.log_dir: that is a collective under DDP, and only rank 0 reports
+        log_dir = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
         rows = [("run directory", str(log_dir))]
         cb = trainer.checkpoint_callback
         best, score, monitor = (cb.best_model_path or None, cb.best_model_score, cb.monitor) if cb else (

@@ -116,7 +116,7 @@ class SETLightningModule(pl.LightningModule):
             raise UserError(f"warmup_steps must be >= 0 (and 0 with scheduler 'plateau'), got {warmup_steps}")
         if not close_encounter > 0:
             raise UserError(f"close_encounter must be > 0, got {close_encounter}")
-        # logger=False: the logger gets hparams_for_logging() (model, data and seed) in setup("fit")
+        # logger=False: the logger gets hparams_for_logging() (model, data and seed) at train start
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.hparams["net"] = net.config() if isinstance(net, NBodyModel) else {"class_path": type(net).__name__}
         self.net = net
@@ -138,17 +138,23 @@ class SETLightningModule(pl.LightningModule):
         """Predict ``(x_pred, v_pred)``, each ``(B, N, 3)``, from a batch dict."""
         return self.net(batch["x"], batch["v"], batch["charges"])
 
-    def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training objective of a batch and its parts.
+
+        Returns:
+            ``(loss, pos_mse, vel_mse, x_pred, v_pred)``: ``loss = pos_weight * pos_mse + vel_weight *
+            vel_mse`` (scalars), the predictions ``(B, N, 3)`` in float32.
+        """
         x_pred, v_pred = self(batch)
         # contiguous: models may return views (e.g. Linear's v_pred = v[:, -1]); metrics flatten them
         x_pred, v_pred = x_pred.float().contiguous(), v_pred.float().contiguous()
         pos = nn.functional.mse_loss(x_pred, batch["x_target"])
         vel = nn.functional.mse_loss(v_pred, batch["v_target"])
-        return pos, vel, x_pred, v_pred
+        loss = self.hparams.pos_weight * pos + self.hparams.vel_weight * vel
+        return loss, pos, vel, x_pred, v_pred
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        pos, vel, _, _ = self._losses(batch)
-        loss = self.hparams.pos_weight * pos + self.hparams.vel_weight * vel
+        loss, pos, vel, _, _ = self.losses(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
@@ -165,11 +171,10 @@ class SETLightningModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        pos, vel, x_pred, v_pred = self._losses(batch)
+        loss, _, _, x_pred, v_pred = self.losses(batch)
         bs = batch["x"].shape[0]
         self.metrics[f"{stage}_pos"].update(x_pred, batch["x_target"])
         self.metrics[f"{stage}_vel"].update(v_pred, batch["v_target"])
-        loss = self.hparams.pos_weight * pos + self.hparams.vel_weight * vel
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
         self.log(f"{stage}/pos_mse", self.metrics[f"{stage}_pos"], prog_bar=True, batch_size=bs)
         self.log(f"{stage}/vel_mse", self.metrics[f"{stage}_vel"], batch_size=bs)
@@ -264,8 +269,12 @@ class SETLightningModule(pl.LightningModule):
         self.best_val_pos_mse = float(checkpoint.get("best_val_pos_mse", float("inf")))
 
     # ------------------------------------------------------------------ optimisation
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over every parameter with the module's ``lr`` and ``weight_decay``."""
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = self.make_optimizer()
         if self.hparams.scheduler == "cosine" or self.hparams.warmup_steps:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -275,7 +284,6 @@ class SETLightningModule(pl.LightningModule):
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/pos_mse"}}
         return opt
-
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier after ``step`` optimiser steps: warm-up, then cosine to the end."""

@@ -27,4 +27,4 @@ if __name__ == "__main__":
         time.sleep(0.01)
     spec = cache.TrajectorySpec(split="train", count=4, n_particles=3, steps=300, sample_freq=100)
     data = cache.load_or_generate(spec, cache_dir)
-    print(cache._checksum(data.tensors()))
+    print(cache._checksum(data.tensors(), sorted(data.tensors())))

@@ -329,6 +329,8 @@ def test_hyperparameters_and_docstring():
     assert params == [
         "n_particles", "n_train", "n_val", "n_test", "history", "input_frame", "target_frame", "seed",
         "cache_dir", "batch_size", "num_workers", "steps", "sample_freq", "dt",
+        # appended for the other systems and file sources (the charged ones above keep their order)
+        "system", "interaction_strength", "softening", "mass_range", "spring_prob", "source", "split_fractions",
     ]
     dm = NBodyDataModule()
     defaults = {p: inspect.signature(NBodyDataModule.__init__).parameters[p].default for p in params}

@@ -13,7 +13,7 @@ from set_lightning.data import (
     simulate_charged,
     total_energy,
 )
-from set_lightning.data.reference import _forces, nri_simulate
+from benchmarks.reference_sims import nri_forces, nri_simulate
 
 
 def _ics(batch: int, n: int, seed: int, loc_std: float | None = None):
@@ -79,7 +79,7 @@ def test_matches_nri_reference_default_distribution_and_clipping():
     x0, v0, q = _ics(8, 5, 3)
     x0[:, 1] = x0[:, 0] + torch.tensor([0.01, 0.0, 0.0], dtype=x0.dtype)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f0 = _forces(x0[0].numpy().T, q[0].numpy() @ q[0].numpy().T, 1.0, 100.0)
+        f0 = nri_forces(x0[0].numpy().T, q[0].numpy() @ q[0].numpy().T, 1.0, 100.0)
     assert np.abs(f0).max() == 100.0  # the clip is active
     x, v = simulate_charged(x0, v0, q, steps=20, sample_freq=1)
     xr, vr = nri_simulate(x0.numpy(), v0.numpy(), q.numpy(), steps=20, sample_freq=1)

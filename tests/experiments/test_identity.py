@@ -41,11 +41,13 @@ def test_a_finished_run_is_stale_when_defaults_yaml_changes(tmp_path, monkeypatc
 
     # the same sweep, with a packaged defaults.yaml whose learning rate changed
     conf = tmp_path / "conf"
-    shutil.copytree(lightning_cli.CONF_DIR, conf)
+    from set_lightning import configs
+
+    shutil.copytree(configs.CONF_DIR, conf)
     text = (conf / "defaults.yaml").read_text()
     assert "  lr: 1.0e-3\n" in text
     (conf / "defaults.yaml").write_text(text.replace("  lr: 1.0e-3\n", "  lr: 2.0e-3\n"))
-    monkeypatch.setattr(lightning_cli, "DEFAULTS", conf / "defaults.yaml")
+    monkeypatch.setattr(lightning_cli, "DEFAULT_CONFIGS", (conf / "defaults.yaml", conf / "data" / "small.yaml"))
     with pytest.raises(UserError, match=r"another configuration \(model\.lr: 0\.001 -> 0\.002\)"):
         plan(spec, out)
     monkeypatch.undo()

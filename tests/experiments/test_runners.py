@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cli_helpers import TINY, write_spec
@@ -84,6 +85,9 @@ def test_a_run_whose_job_is_running_is_not_run_again(tmp_path):
     first, second = plan(spec, out)
     # a live process that looks like a submitit job
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit"])
+    deadline = time.time() + 30
+    while not Path(f"/proc/{proc.pid}/cmdline").read_bytes() and time.time() < deadline:
+        time.sleep(0.01)  # until the child has exec'd (an empty command line counts as "starting")
     try:
         write_job(first.run.run_dir, "submitit-local", str(proc.pid))
         assert job_active({"backend": "submitit-local", "job_id": str(proc.pid)})

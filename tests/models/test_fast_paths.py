@@ -16,7 +16,7 @@ from torch import nn
 from model_helpers import random_inputs
 from set_lightning.models import EGCL, ETAL, SET
 from set_lightning.models.layers import (
-    EPS, add_outer_, gather_edges, gather_nodes, neighbour_index, sinusoidal_encoding,
+    EPS, PairLinear, VectorOut, add_outer_, gather_edges, gather_nodes, neighbour_index, sinusoidal_encoding,
 )
 
 
@@ -154,6 +154,40 @@ def test_add_outer_gradients_and_fallback():
     # mixed dtypes (autocast) take the plain path
     out = add_outer_(base.detach().float(), w.detach(), [c1.detach(), c2])
     torch.testing.assert_close(out, expected.detach().float())
+
+
+def test_pair_linear_is_a_linear_map_of_the_concatenation():
+    """Tensor columns, a constant column (folded into the node term) and neighbour pairs all equal
+    ``nn.Linear`` applied to ``[a_i, b_j, e_ij]``."""
+    torch.manual_seed(0)
+    pair = PairLinear(d_a=3, d_b=4, d_e=2, d_out=5).double()
+    lin = nn.Linear(3 + 4 + 2, 5).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.cat([pair.lin_a.weight, pair.lin_b.weight, pair.lin_e.weight], dim=1))
+        lin.bias.copy_(pair.lin_a.bias)
+    a, b = torch.randn(2, 6, 3, dtype=torch.float64), torch.randn(2, 6, 4, dtype=torch.float64)
+    e = torch.randn(2, 6, 6, 1, dtype=torch.float64)
+
+    def dense(e2):
+        cat = torch.cat([a.unsqueeze(-2).expand(2, 6, 6, 3), b.unsqueeze(-3).expand(2, 6, 6, 4), e, e2], dim=-1)
+        return lin(cat)
+
+    torch.testing.assert_close(pair(a, b, [e, 2 * e]), dense(2 * e), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pair(a, b, [e, 0.5]), dense(torch.full_like(e, 0.5)), rtol=1e-12, atol=1e-12)
+    nb = neighbour_index(6)
+    torch.testing.assert_close(pair(a, b, [gather_edges(e, nb), 0.5], nb),
+                               gather_edges(dense(torch.full_like(e, 0.5)), nb), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="2 edge feature"):
+        pair(a, b, [e])
+
+
+def test_vector_gate_is_the_head_of_one_vector():
+    torch.manual_seed(0)
+    head = VectorOut(d_in=6, n_vectors=1, d_hidden=8, tanh=True, scale=2.0, last_bias=False).double()
+    f, vec = torch.randn(4, 5, 6, dtype=torch.float64), torch.randn(4, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(head.gate(f).unsqueeze(-1) * vec, head(f, vec.unsqueeze(-2)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="one vector"):
+        VectorOut(d_in=6, n_vectors=2, d_hidden=8).gate(f)
 
 
 def test_neighbour_gathers():

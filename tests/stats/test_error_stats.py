@@ -136,3 +136,22 @@ def test_benjamini_hochberg_matches_the_definition():
     assert adj[3] is None
     assert adj[0] == pytest.approx(0.04) and adj[2] == pytest.approx(0.04 * 4 / 3)
     assert adj[1] == pytest.approx(0.04 * 4 / 3) and adj[4] == pytest.approx(0.5)
+
+
+def test_sweep_report_pairs_each_variant_with_the_reference_on_shared_trajectories(tmp_path, monkeypatch):
+    from set_lightning.experiments.report import paired_markdown
+
+    monkeypatch.chdir(tmp_path)
+    a, b = _synthetic(0.3)
+    rows = []
+    for group, errs in (("full", b), ("other", a)):
+        for seed in (0, 1):
+            run_dir = tmp_path / group / f"seed_{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "per_traj_test.json").write_text(json.dumps({"pos_mse": list(errs), "min_dist": []}))
+            rows.append({"group": group, "variant": group, "seed": seed, "run_dir": f"{group}/seed_{seed}"})
+    text = paired_markdown(rows, "full")
+    c = paired_comparison(a, b)
+    assert f"| other | {c.ratio:.3f} [{c.ratio_lo:.3f}, {c.ratio_hi:.3f}] |" in text and "| full |" not in text
+    # a report rebuilt from results.jsonl alone (no run directories) has no paired table
+    assert paired_markdown([dict(r, run_dir="missing") for r in rows], "full") == ""

@@ -1,18 +1,19 @@
-"""Generate charged N-body trajectories once and cache them on disk, verified on every load.
+"""Generate N-body trajectories once and cache them on disk, verified on every load.
 
-One file per split holds the full simulated trajectories (float64 positions, velocities, charges)
-plus a metadata dict (every generation parameter) and a SHA-256 checksum of the tensors. The file
-name is keyed by all parameters (readable fields plus a hash of the metadata), so changing any of
-them is a cache miss. On load the metadata, shapes and checksum are verified; a corrupt, truncated
-or mismatching file triggers a :class:`CacheWarning` naming the file and is regenerated, never
-silently used. Writes are atomic (temporary file in the same folder + ``os.replace``), so readers
-never see a half-written file. A file lock around generation makes K processes (parallel sweep
-runs, cluster jobs on a shared file system) that ask for the same missing split simulate it once:
-one simulates, the others wait and load its file. The key covers the simulator's code
-(:data:`SIMULATOR_CODE`), so a change to the physics cannot reuse data made by the old code.
+One spec class per system (:class:`TrajectorySpec` for the charged particles, :class:`SpringsSpec`,
+:class:`GravitySpec`) holds every parameter of one split. One file per split holds the full
+simulated trajectories (float64 positions, velocities, the per-node attribute ``charges`` and, for
+springs, the spring graphs ``edge_attr``) plus a metadata dict (the system, every generation
+parameter) and a SHA-256 checksum of the tensors. The file name is keyed by all parameters (readable
+fields plus a hash of the metadata), so changing any of them is a cache miss; the charged keys are
+those of the files written before the other systems existed. On load the metadata, shapes and
+checksum are verified; a corrupt, truncated or mismatching file triggers a :class:`CacheWarning`
+naming the file and is regenerated, never silently used. Writes are atomic (temporary file in the
+same folder + ``os.replace``), so readers never see a half-written file, even with several processes
+generating at once.
 
-Slicing history / input / target frames is done afterwards (:mod:`set_lightning.data.datasets`),
-so changing those needs no regeneration.
+Slicing history / input / target frames is done afterwards (:mod:`set_lightning.data.datasets`), so
+changing those needs no regeneration.
 """
 
 from __future__ import annotations
@@ -24,27 +25,35 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from filelock import FileLock
 from torch import Tensor
 
+from set_lightning.data.gravity import gravity_frames, sample_gravity, simulate_gravity
 from set_lightning.data.simulator import (
     default_loc_std,
     n_saved_frames,
     sample_initial_conditions,
     simulate_charged,
 )
+from set_lightning.data.springs import sample_springs, simulate_springs
 from set_lightning.errors import UserError
 from set_lightning.files import unwritable_reason
 
 __all__ = [
     "FORMAT_VERSION",
     "SIMULATOR_CODE",
+    "SPECS",
+    "SYSTEMS",
     "CacheWarning",
+    "GravitySpec",
+    "Spec",
+    "SpringsSpec",
     "TrajectorySpec",
     "Trajectories",
     "split_seed",
@@ -58,6 +67,7 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
+
 def _code_digest(*functions: Any) -> str:
     """Hash of the source of the modules defining ``functions`` (parsed: comments and layout do not count)."""
     h = hashlib.sha256()
@@ -66,29 +76,98 @@ def _code_digest(*functions: Any) -> str:
     return h.hexdigest()[:16]
 
 
-#: the simulator's code version, part of every cache key
-SIMULATOR_CODE = _code_digest(sample_initial_conditions, simulate_charged)
+#: the simulators' code version (every system's module), part of every cache key
+SIMULATOR_CODE = _code_digest(simulate_charged, simulate_springs, simulate_gravity)
 
-_TENSOR_KEYS = ("x", "v", "charges")
+#: The simulated systems, by ``--data.system`` name.
+SYSTEMS = ("charged", "springs", "gravity")
 
 
 class CacheWarning(UserWarning):
     """A cache file was unreadable, corrupt or did not match its parameters; it is regenerated."""
 
 
-def split_seed(seed: int, split: str) -> int:
-    """Seed of one split, derived from the data set seed (distinct for train / val / test).
+def split_seed(seed: int, split: str, system: str = "charged") -> int:
+    """Seed of one split, derived from the data set seed (distinct for train / val / test and per system).
 
     Returns:
-        a non-negative 63-bit integer, a deterministic hash of ``(seed, split)``.
+        a non-negative 63-bit integer, a deterministic hash of ``(system, seed, split)``.
     """
-    digest = hashlib.sha256(f"set_lightning/charged/{split}/{int(seed)}".encode()).digest()
+    digest = hashlib.sha256(f"set_lightning/{system}/{split}/{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _jsonable(value: Any, annotation: str) -> Any:
+    """``value`` as the JSON type its field declares (``1`` for a float field becomes ``1.0``)."""
+    if value is None:
+        return None
+    if annotation.startswith("int"):
+        return int(value)
+    if annotation.startswith("float"):
+        return float(value)
+    if annotation.startswith("tuple"):
+        return [float(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
-class TrajectorySpec:
-    """Every parameter that determines the trajectories of one split.
+class _SpecBase:
+    """The fields, metadata, cache key and file name shared by the per-system specs.
+
+    Subclasses set :attr:`system` and :attr:`simulator` and add their physics parameters as fields.
+    """
+
+    system: ClassVar[str]
+    simulator: ClassVar[str]
+
+    split: str
+    count: int
+    n_particles: int
+    steps: int = 5000
+    sample_freq: int = 100
+    dt: float = 0.001
+    seed: int = 0
+
+    @property
+    def n_frames(self) -> int:
+        """Saved frames per trajectory."""
+        return n_saved_frames(self.steps, self.sample_freq)
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        """Resolved defaults and other entries of :meth:`metadata` beyond the fields."""
+        return {"system": self.system}
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able dict of every parameter (defaults resolved), the format version and split seed."""
+        meta = {f.name: _jsonable(getattr(self, f.name), str(f.type)) for f in fields(self)}
+        meta.update(self._extra_metadata())
+        meta["split_seed"] = split_seed(self.seed, self.split, self.system)
+        meta["format_version"] = FORMAT_VERSION
+        meta["simulator"] = self.simulator
+        meta["simulator_code"] = SIMULATOR_CODE
+        return meta
+
+    def key(self) -> str:
+        """Short hash of :meth:`metadata`."""
+        blob = json.dumps(self.metadata(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def filename(self) -> str:
+        """Cache file name: readable parameters plus the metadata hash."""
+        return (
+            f"{self.system}_{self.split}_N{self.n_particles}_n{self.count}_steps{self.steps}"
+            f"_freq{self.sample_freq}_dt{self.dt:g}_seed{self.seed}_{self.key()}.pt"
+        )
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every tensor of a split, by name (the names a cache file holds)."""
+        frames = (self.count, self.n_frames, self.n_particles, 3)
+        return {"x": frames, "v": frames, "charges": (self.count, self.n_particles, 1)}
+
+
+@dataclass(frozen=True)
+class TrajectorySpec(_SpecBase):
+    """Every parameter that determines the charged trajectories of one split.
 
     Attributes:
         split: split name (``"train"``, ``"val"``, ``"test"``); it changes the seed.
@@ -103,111 +182,168 @@ class TrajectorySpec:
         loc_std: initial position scale; None means ``(N / 5) ** (1 / 3)``.
     """
 
-    split: str
-    count: int
-    n_particles: int
-    steps: int = 5000
-    sample_freq: int = 100
-    dt: float = 0.001
-    seed: int = 0
+    system: ClassVar[str] = "charged"
+    simulator: ClassVar[str] = "nri_charged_particles"
+
     interaction_strength: float = 1.0
     vel_norm: float = 0.5
     loc_std: float | None = None
 
+    def _extra_metadata(self) -> dict[str, Any]:
+        # no "system" entry: the charged keys predate the other systems and must not change
+        return {"loc_std": float(default_loc_std(self.n_particles) if self.loc_std is None else self.loc_std)}
+
+    def simulate(self, generator: torch.Generator, num_threads: int | None) -> Trajectories:
+        """Sample the initial conditions with ``generator`` and simulate them."""
+        x0, v0, charges = sample_initial_conditions(
+            self.count, self.n_particles, generator, loc_std=self.loc_std, vel_norm=self.vel_norm
+        )
+        x, v = simulate_charged(
+            x0, v0, charges, steps=self.steps, dt=self.dt, sample_freq=self.sample_freq,
+            interaction_strength=self.interaction_strength, num_threads=num_threads,
+        )
+        return Trajectories(x=x, v=v, charges=charges)
+
+
+@dataclass(frozen=True)
+class SpringsSpec(_SpecBase):
+    """Every parameter that determines the spring trajectories of one split (NRI's ``SpringSim``, 3-D).
+
+    Attributes:
+        split, count, n_particles, steps, sample_freq, dt, seed: as :class:`TrajectorySpec`.
+        interaction_strength: spring constant ``k``.
+        vel_norm: initial speed of every particle.
+        loc_std: standard deviation of the initial positions.
+        spring_prob: probability of a spring between two particles.
+    """
+
+    system: ClassVar[str] = "springs"
+    simulator: ClassVar[str] = "nri_springs"
+
+    interaction_strength: float = 0.1
+    vel_norm: float = 0.5
+    loc_std: float = 0.5
+    spring_prob: float = 0.5
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """As for the charged system, plus the spring graphs ``edge_attr`` ``(B, N, N)``."""
+        return {**super().tensor_shapes(), "edge_attr": (self.count, self.n_particles, self.n_particles)}
+
+    def simulate(self, generator: torch.Generator, num_threads: int | None) -> Trajectories:
+        """Sample initial states and spring graphs with ``generator`` and simulate them (unit masses)."""
+        x0, v0, adjacency = sample_springs(
+            self.count, self.n_particles, generator, loc_std=self.loc_std, vel_norm=self.vel_norm,
+            spring_prob=self.spring_prob,
+        )
+        x, v = simulate_springs(
+            x0, v0, adjacency, steps=self.steps, dt=self.dt, sample_freq=self.sample_freq,
+            interaction_strength=self.interaction_strength, num_threads=num_threads,
+        )
+        masses = torch.ones((self.count, self.n_particles, 1), dtype=torch.float64)
+        return Trajectories(x=x, v=v, charges=masses, edge_attr=adjacency)
+
+
+@dataclass(frozen=True)
+class GravitySpec(_SpecBase):
+    """Every parameter that determines the gravity trajectories of one split (SEGNN's ``GravitySim``).
+
+    Attributes:
+        split, count, n_particles, steps, sample_freq, dt, seed: as :class:`TrajectorySpec`.
+        interaction_strength: gravitational constant ``G``.
+        softening: softening length.
+        mass_range: masses ``~ U(low, high)`` (equal bounds: constant masses).
+        loc_std: standard deviation of the initial positions.
+        vel_std: standard deviation of the initial velocities (before the centre-of-mass shift).
+    """
+
+    system: ClassVar[str] = "gravity"
+    simulator: ClassVar[str] = "segnn_gravity"
+
+    interaction_strength: float = 1.0
+    softening: float = 0.1
+    mass_range: tuple[float, float] = (1.0, 1.0)
+    loc_std: float = 1.0
+    vel_std: float = 1.0
+
     @property
     def n_frames(self) -> int:
-        """Saved frames per trajectory, ``steps // sample_freq - 1``."""
-        return n_saved_frames(self.steps, self.sample_freq)
+        """Saved frames per trajectory, ``steps // sample_freq`` (frame 0 is the initial state)."""
+        return gravity_frames(self.steps, self.sample_freq)
 
-    def metadata(self) -> dict[str, Any]:
-        """JSON-able dict of every parameter (loc_std resolved), the format version and split seed."""
-        meta = asdict(self)
-        meta["count"] = int(self.count)
-        meta["n_particles"] = int(self.n_particles)
-        meta["steps"] = int(self.steps)
-        meta["sample_freq"] = int(self.sample_freq)
-        meta["seed"] = int(self.seed)
-        meta["dt"] = float(self.dt)
-        meta["interaction_strength"] = float(self.interaction_strength)
-        meta["vel_norm"] = float(self.vel_norm)
-        meta["loc_std"] = float(default_loc_std(self.n_particles) if self.loc_std is None else self.loc_std)
-        meta["split_seed"] = split_seed(self.seed, self.split)
-        meta["format_version"] = FORMAT_VERSION
-        meta["simulator"] = "nri_charged_particles"
-        meta["simulator_code"] = SIMULATOR_CODE
-        return meta
-
-    def key(self) -> str:
-        """Short hash of :meth:`metadata`."""
-        blob = json.dumps(self.metadata(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    def filename(self) -> str:
-        """Cache file name: readable parameters plus the metadata hash."""
-        return (
-            f"charged_{self.split}_N{self.n_particles}_n{self.count}_steps{self.steps}"
-            f"_freq{self.sample_freq}_dt{self.dt:g}_seed{self.seed}_{self.key()}.pt"
+    def simulate(self, generator: torch.Generator, num_threads: int | None) -> Trajectories:
+        """Sample initial states and masses with ``generator`` and simulate them (masses in ``charges``)."""
+        x0, v0, masses = sample_gravity(
+            self.count, self.n_particles, generator, mass_range=self.mass_range, loc_std=self.loc_std,
+            vel_std=self.vel_std,
         )
+        x, v = simulate_gravity(
+            x0, v0, masses, steps=self.steps, dt=self.dt, sample_freq=self.sample_freq,
+            interaction_strength=self.interaction_strength, softening=self.softening, num_threads=num_threads,
+        )
+        return Trajectories(x=x, v=v, charges=masses)
+
+
+#: Any of the per-system specs.
+Spec = TrajectorySpec | SpringsSpec | GravitySpec
+
+#: The spec class of each system.
+SPECS: dict[str, type] = {"charged": TrajectorySpec, "springs": SpringsSpec, "gravity": GravitySpec}
 
 
 @dataclass(frozen=True)
 class Trajectories:
-    """Simulated trajectories of one split.
+    """Trajectories of one split (simulated or loaded from a user's file).
 
     Attributes:
         x: ``(B, T, N, 3)`` float64 positions of the saved frames.
         v: ``(B, T, N, 3)`` float64 velocities of the saved frames.
-        charges: ``(B, N, 1)`` float64 charges (+1 / -1).
+        charges: ``(B, N, 1)`` float64 per-node scalar attribute: charges (+1 / -1) of the charged
+            system, masses of gravity, ones (unit masses) for springs, the first column of
+            ``node_attr`` for a file source.
+        edge_attr: optional per-pair attributes, ``(B, N, N)`` (the spring graph) or ``(B, N, N, E)``.
+        node_attr: optional ``(B, N, F)`` node attributes of a file source.
     """
 
     x: Tensor
     v: Tensor
     charges: Tensor
+    edge_attr: Tensor | None = None
+    node_attr: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        """The tensors by name."""
-        return {"x": self.x, "v": self.v, "charges": self.charges}
+        """The tensors that are set, by name."""
+        named = {"x": self.x, "v": self.v, "charges": self.charges, "edge_attr": self.edge_attr,
+                 "node_attr": self.node_attr}
+        return {k: t for k, t in named.items() if t is not None}
 
 
-def generate_trajectories(spec: TrajectorySpec, num_threads: int | None = 1) -> Trajectories:
+def generate_trajectories(spec: Spec, num_threads: int | None = 1) -> Trajectories:
     """Sample initial conditions with the split's seed and simulate them (batched, float64).
 
     Args:
-        spec: what to generate.
+        spec: what to generate (:class:`TrajectorySpec`, :class:`SpringsSpec` or :class:`GravitySpec`).
         num_threads: torch threads while simulating (see :func:`simulate_charged`).
     """
-    generator = torch.Generator().manual_seed(split_seed(spec.seed, spec.split))
-    x0, v0, charges = sample_initial_conditions(
-        spec.count, spec.n_particles, generator, loc_std=spec.loc_std, vel_norm=spec.vel_norm
-    )
-    x, v = simulate_charged(
-        x0, v0, charges, steps=spec.steps, dt=spec.dt, sample_freq=spec.sample_freq,
-        interaction_strength=spec.interaction_strength, num_threads=num_threads,
-    )
-    return Trajectories(x=x, v=v, charges=charges)
+    generator = torch.Generator().manual_seed(split_seed(spec.seed, spec.split, spec.system))
+    return spec.simulate(generator, num_threads)
 
 
-def _checksum(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and raw bytes of the tensors."""
+def _checksum(tensors: dict[str, Tensor], names: Iterable[str]) -> str:
+    """SHA-256 over names, dtypes, shapes and raw bytes of the tensors ``names`` (in that order)."""
     h = hashlib.sha256()
-    for name in _TENSOR_KEYS:
+    for name in names:
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.numpy().reshape(-1).view("uint8").data)
     return h.hexdigest()
 
 
-def _expected_shapes(spec: TrajectorySpec) -> dict[str, tuple[int, ...]]:
-    frames = (spec.count, spec.n_frames, spec.n_particles, 3)
-    return {"x": frames, "v": frames, "charges": (spec.count, spec.n_particles, 1)}
-
-
-def save_trajectories(path: str | os.PathLike, spec: TrajectorySpec, data: Trajectories) -> None:
+def save_trajectories(path: str | os.PathLike, spec: Spec, data: Trajectories) -> None:
     """Write ``data`` with its metadata and checksum to ``path`` atomically (tmp file + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: t.detach().cpu().contiguous() for k, t in data.tensors().items()}
-    payload = {"meta": spec.metadata(), "checksum": _checksum(tensors), "tensors": tensors}
+    payload = {"meta": spec.metadata(), "checksum": _checksum(tensors, spec.tensor_shapes()), "tensors": tensors}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -221,7 +357,7 @@ def save_trajectories(path: str | os.PathLike, spec: TrajectorySpec, data: Traje
         raise
 
 
-def _problem(payload: Any, spec: TrajectorySpec) -> str | None:
+def _problem(payload: Any, spec: Spec) -> str | None:
     """Why ``payload`` is not a valid cache entry for ``spec``; None if it is."""
     if not isinstance(payload, dict) or not {"meta", "checksum", "tensors"} <= payload.keys():
         return "unexpected file structure"
@@ -232,20 +368,20 @@ def _problem(payload: Any, spec: TrajectorySpec) -> str | None:
         diff = sorted(k for k in expected.keys() | meta.keys() if meta.get(k) != expected.get(k))
         details = ", ".join(f"{k}: file {meta.get(k)!r} != expected {expected.get(k)!r}" for k in diff)
         return f"metadata mismatch ({details})"
-    tensors = payload["tensors"]
-    if not isinstance(tensors, dict) or set(tensors) != set(_TENSOR_KEYS):
+    tensors, shapes = payload["tensors"], spec.tensor_shapes()
+    if not isinstance(tensors, dict) or set(tensors) != set(shapes):
         return "missing or unexpected tensors"
-    for name, shape in _expected_shapes(spec).items():
+    for name, shape in shapes.items():
         t = tensors[name]
         if not isinstance(t, Tensor) or t.dtype != torch.float64 or tuple(t.shape) != shape:
             got = (t.dtype, tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
             return f"tensor {name!r} is {got}, expected float64 {shape}"
-    if _checksum(tensors) != payload["checksum"]:
+    if _checksum(tensors, shapes) != payload["checksum"]:
         return "checksum mismatch"
     return None
 
 
-def load_trajectories(path: str | os.PathLike, spec: TrajectorySpec) -> Trajectories | None:
+def load_trajectories(path: str | os.PathLike, spec: Spec) -> Trajectories | None:
     """Load and verify a cache file.
 
     Returns:
@@ -269,7 +405,7 @@ def load_trajectories(path: str | os.PathLike, spec: TrajectorySpec) -> Trajecto
     return Trajectories(**payload["tensors"])
 
 
-def load_or_generate(spec: TrajectorySpec, cache_dir: str | os.PathLike) -> Trajectories:
+def load_or_generate(spec: Spec, cache_dir: str | os.PathLike) -> Trajectories:
     """Trajectories of ``spec``, from ``cache_dir`` when a valid file exists, else simulated and cached.
 
     Returns:

@@ -25,7 +25,8 @@ class NBodyDataset(Dataset):
     DistributedSampler can shard it under DDP.
 
     Args:
-        trajectories: simulated trajectories (``x``, ``v``: ``(B, T, N, 3)``; charges ``(B, N, 1)``).
+        trajectories: simulated or loaded trajectories (``x``, ``v``: ``(B, T, N, 3)``; charges
+            ``(B, N, 1)``; optional ``edge_attr`` ``(B, N, N[, E])`` and ``node_attr`` ``(B, N, F)``).
         history: number of input frames ``L`` (>= 1).
         input_frame: last input frame (0-indexed into the ``T`` saved frames).
         target_frame: frame to predict (> ``input_frame``).
@@ -36,25 +37,29 @@ class NBodyDataset(Dataset):
     ``input_frame - L + 1 .. input_frame``), ``"charges"``: ``(N, 1)``, ``"x_target"`` and
     ``"v_target"``: ``(N, 3)``, ``"min_dist"``: ``()``, the smallest distance between two particles
     over the saved frames ``input_frame .. target_frame`` (where the error of a trajectory comes
-    from: close encounters, see :data:`CLOSE_ENCOUNTER`), and with ``with_path`` ``"x_path"``.
+    from: close encounters, see :data:`CLOSE_ENCOUNTER`), and with ``with_path`` ``"x_path"`` (the true
+    positions from the input to the target frame). Where the trajectories have them, items also hold
+    ``"edge_attr"`` (the spring graph of the springs system, or a file's pair attributes) and
+    ``"node_attr"`` (a file's node attributes); the charged data has neither.
 
     Shapes (of a batch; items drop ``B``):
         x, v: ``(B, L, N, 3)``; charges: ``(B, N, 1)``; x_target, v_target: ``(B, N, 3)``;
-        min_dist: ``(B,)``; x_path: ``(B, K, N, 3)`` with ``K = target_frame - input_frame + 1``.
+        min_dist: ``(B,)``; x_path: ``(B, K, N, 3)`` with ``K = target_frame - input_frame + 1``;
+        edge_attr: ``(B, N, N)`` or ``(B, N, N, E)``; node_attr: ``(B, N, F)``.
     """
 
     def __init__(self, trajectories: Trajectories, history: int, input_frame: int, target_frame: int,
                  with_path: bool = False) -> None:
-        n_frames = trajectories.x.shape[1]
+        n_saved = trajectories.x.shape[1]
         first = input_frame - history + 1
         if history < 1 or first < 0:
             raise UserError(
                 f"history must be in 1..{input_frame + 1} for input_frame={input_frame}, got {history}"
             )
-        if not input_frame < target_frame < n_frames:
+        if not input_frame < target_frame < n_saved:
             raise UserError(
-                f"target_frame must be in {input_frame + 1}..{n_frames - 1} (after input_frame={input_frame}, "
-                f"within the {n_frames} saved frames), got {target_frame}"
+                f"target_frame must be in {input_frame + 1}..{n_saved - 1} (after input_frame={input_frame}, "
+                f"within the {n_saved} saved frames), got {target_frame}"
             )
         frames = slice(first, input_frame + 1)
         self.x: Tensor = trajectories.x[:, frames].to(torch.float32).contiguous()
@@ -65,6 +70,11 @@ class NBodyDataset(Dataset):
         path = trajectories.x[:, input_frame : target_frame + 1]
         self.min_dist: Tensor = min_pair_distance(path).to(torch.float32)
         self.x_path: Tensor | None = path.to(torch.float32).contiguous() if with_path else None
+        self.extra: dict[str, Tensor] = {
+            name: t.to(torch.float32).contiguous()
+            for name, t in (("edge_attr", trajectories.edge_attr), ("node_attr", trajectories.node_attr))
+            if t is not None
+        }
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -77,19 +87,27 @@ class NBodyDataset(Dataset):
             "x_target": self.x_target[index],
             "v_target": self.v_target[index],
             "min_dist": self.min_dist[index],
+            **{name: t[index] for name, t in self.extra.items()},
         }
         if self.x_path is not None:
             item["x_path"] = self.x_path[index]
         return item
 
 
-def min_pair_distance(x: Tensor) -> Tensor:
+def min_pair_distance(x: Tensor, max_elements: int = 1 << 24) -> Tensor:
     """The smallest distance between two distinct particles over all frames of each trajectory.
+
+    Computed in chunks of trajectories of at most about ``max_elements`` pair distances (so 10,000
+    trajectories of 100 bodies need no gigabytes); chunking does not change the result.
 
     Shapes: x ``(B, T, N, 3)`` -> ``(B,)`` (in ``x``'s dtype).
     """
     b, t, n, _ = x.shape
-    flat = x.reshape(b * t, n, 3)
-    dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")  # (B*T, N, N), exact
-    dist = dist + torch.diag(torch.full((n,), float("inf"), dtype=x.dtype, device=x.device))
-    return dist.reshape(b, t * n * n).amin(dim=1)
+    chunk = max(1, max_elements // max(1, t * n * n))
+    eye_inf = torch.diag(torch.full((n,), float("inf"), dtype=x.dtype, device=x.device))
+    out = torch.empty((b,), dtype=x.dtype, device=x.device)
+    for start in range(0, b, chunk):
+        flat = x[start : start + chunk].reshape(-1, n, 3)
+        dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")  # (b*T, N, N), exact
+        out[start : start + chunk] = (dist + eye_inf).reshape(-1, t * n * n).amin(dim=1)
+    return out

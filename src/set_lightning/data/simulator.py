@@ -21,13 +21,22 @@ Compared with NRI's loop, values differ only by rounding (NumPy's BLAS dot uses 
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
+from set_lightning.errors import UserError
 
 __all__ = [
+    "balanced_chunk_size",
+    "check_initial_state",
+    "check_time_steps",
+    "gaussian_positions_fixed_speed",
+    "nri_steps",
+    "simulate_in_chunks",
+    "torch_threads",
     "n_saved_frames",
     "default_loc_std",
     "sample_initial_conditions",
@@ -42,10 +51,7 @@ _CHUNK_PAIR_ELEMENTS = 1 << 18
 
 def n_saved_frames(steps: int, sample_freq: int) -> int:
     """Number of frames :func:`simulate_charged` saves: ``steps // sample_freq - 1`` (49 for 5000/100)."""
-    if sample_freq < 1 or steps < 1 or steps % sample_freq != 0:
-        raise ValueError(
-            f"steps ({steps}) must be a positive multiple of sample_freq ({sample_freq}, >= 1)"
-        )
+    check_time_steps(steps, sample_freq)
     return steps // sample_freq - 1
 
 
@@ -78,27 +84,115 @@ def sample_initial_conditions(
     """
     if loc_std is None:
         loc_std = default_loc_std(n_particles)
-    shape = (batch_size, n_particles, 3)
-    x0 = torch.randn(shape, generator=generator, dtype=dtype) * loc_std
-    v0 = torch.randn(shape, generator=generator, dtype=dtype)
-    v0 = v0 * (vel_norm / torch.linalg.vector_norm(v0, dim=-1, keepdim=True))
+    x0, v0 = gaussian_positions_fixed_speed(batch_size, n_particles, generator, loc_std, vel_norm, dtype)
     charges = torch.randint(0, 2, (batch_size, n_particles, 1), generator=generator).to(dtype) * 2 - 1
     return x0, v0, charges
 
 
-def _check_inputs(x0: Tensor, v0: Tensor, charges: Tensor) -> Tensor:
-    """Validate shapes; return charges as ``(B, N)``."""
-    if x0.dim() != 3 or x0.shape[-1] != 3:
-        raise ValueError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
-    if v0.shape != x0.shape:
-        raise ValueError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
-    if charges.dim() == 3 and charges.shape[-1] == 1:
-        charges = charges[..., 0]
-    if charges.shape != x0.shape[:2]:
-        raise ValueError(
-            f"charges must have shape (B, N, 1) or (B, N) = {tuple(x0.shape[:2])}, got {tuple(charges.shape)}"
+def gaussian_positions_fixed_speed(
+    batch_size: int,
+    n_particles: int,
+    generator: torch.Generator | None,
+    loc_std: float,
+    vel_norm: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """NRI's initial state: positions ``~ N(0, loc_std^2)``, velocities of norm ``vel_norm`` in random directions.
+
+    Returns:
+        ``x0, v0``, each ``(B, N, 3)``; positions are drawn first, then velocities.
+    """
+    shape = (batch_size, n_particles, 3)
+    x0 = torch.randn(shape, generator=generator, dtype=dtype) * loc_std
+    v0 = torch.randn(shape, generator=generator, dtype=dtype)
+    v0 = v0 * (vel_norm / torch.linalg.vector_norm(v0, dim=-1, keepdim=True))
+    return x0, v0
+
+
+def balanced_chunk_size(batch_size: int, elements_per_trajectory: int, target: int = _CHUNK_PAIR_ELEMENTS) -> int:
+    """Trajectories per chunk: equal chunks, each with about ``target`` work-buffer elements (at least 1)."""
+    per_chunk = max(1, target // max(1, elements_per_trajectory))
+    n_chunks = max(1, -(-batch_size // per_chunk))
+    return max(1, -(-batch_size // n_chunks))  # balanced chunks, none tiny
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with ``num_threads`` torch intra-op threads (None: unchanged), then restore the setting."""
+    if num_threads is not None and num_threads < 1:
+        raise UserError(f"num_threads must be >= 1 or None, got {num_threads}")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None and num_threads != previous_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def check_time_steps(steps: int, sample_freq: int, dt: float | None = None) -> None:
+    """Raise a ValueError unless ``steps`` is a positive multiple of ``sample_freq`` and ``dt`` (if given) > 0."""
+    if sample_freq < 1 or steps < 1 or steps % sample_freq != 0:
+        raise UserError(
+            f"steps ({steps}) must be a positive multiple of sample_freq ({sample_freq}, >= 1)"
         )
-    return charges
+    if dt is not None and not dt > 0:
+        raise UserError(f"dt must be > 0, got {dt}")
+
+
+def check_initial_state(x0: Tensor, v0: Tensor, attr: Tensor, name: str, per_pair: bool = False) -> Tensor:
+    """Validate ``x0 (B, N, 3)``, ``v0`` like ``x0`` and the attribute ``name`` of the particles.
+
+    A per-node attribute is ``(B, N, 1)`` or ``(B, N)`` and comes back as ``(B, N)``; a per-pair one
+    (``per_pair``) is ``(B, N, N)``.
+    """
+    if x0.dim() != 3 or x0.shape[-1] != 3:
+        raise UserError(f"x0 must have shape (B, N, 3), got {tuple(x0.shape)}")
+    if v0.shape != x0.shape:
+        raise UserError(f"v0 must have the shape of x0 {tuple(x0.shape)}, got {tuple(v0.shape)}")
+    b, n, _ = x0.shape
+    if per_pair:
+        if tuple(attr.shape) != (b, n, n):
+            raise UserError(f"{name} must have shape (B, N, N) = {(b, n, n)}, got {tuple(attr.shape)}")
+        return attr
+    if attr.dim() == 3 and attr.shape[-1] == 1:
+        attr = attr[..., 0]
+    if attr.shape != x0.shape[:2]:
+        raise UserError(f"{name} must have shape (B, N, 1) or (B, N) = {(b, n)}, got {tuple(attr.shape)}")
+    return attr
+
+
+def simulate_in_chunks(
+    x0: Tensor,
+    n_frames: int,
+    chunk_size: int | None,
+    num_threads: int | None,
+    integrate: Callable[[slice], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """Run ``integrate`` on balanced chunks of the trajectories of ``x0 (B, N, 3)`` and gather the frames.
+
+    Args:
+        x0: ``(B, N, 3)`` initial positions (their shape and device set the outputs').
+        n_frames: frames per trajectory ``T``.
+        chunk_size: trajectories per chunk (>= 1); None: :func:`balanced_chunk_size` of ``3 N^2`` elements each.
+        num_threads: torch intra-op threads while integrating (see :func:`torch_threads`).
+        integrate: maps a slice of trajectories to their ``(x, v)`` frames, each ``(b, T, N, 3)``.
+
+    Returns:
+        ``(x, v)``: float64 tensors ``(B, T, N, 3)``.
+    """
+    b, n, _ = x0.shape
+    chunk_size = balanced_chunk_size(b, 3 * n * n) if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
+    x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=x0.device)
+    v_out = torch.empty_like(x_out)
+    with torch_threads(num_threads):
+        for start in range(0, b, chunk_size):  # chunks of trajectories, each fully vectorised
+            sl = slice(start, start + chunk_size)
+            x_out[sl], v_out[sl] = integrate(sl)
+    return x_out, v_out
 
 
 def _sum_leading_(buf: Tensor) -> None:
@@ -128,6 +222,27 @@ def _sqrt_into(src: Tensor, out: Tensor) -> Callable[[], None]:
     return lambda: torch.sqrt(src, out=out)
 
 
+def nri_steps(
+    x: Tensor, v: Tensor, kick: Callable[[], None], steps: int, dt: float, sample_freq: int, xs: Tensor, vs: Tensor
+) -> None:
+    """NRI's integration loop, in place: ``kick()``; then for ``i = 1 .. steps-1``: ``x += dt v``; if
+    ``i % sample_freq == 0`` save ``(x, v)`` as frame ``i // sample_freq - 1``; ``kick()``.
+
+    ``kick`` adds ``dt * clip(F(x))`` to ``v`` in place; ``xs[k]``, ``vs[k]`` receive frame ``k``
+    (index the frame axis first: pass ``xs.movedim(1, 0)`` for a ``(b, T, ...)`` buffer).
+    """
+    step = torch.empty_like(x)  # dt * v
+    kick()
+    frame = 0
+    for i in range(1, steps):
+        x.add_(torch.mul(v, dt, out=step))  # the product rounded first, as NRI
+        if i % sample_freq == 0:
+            xs[frame].copy_(x)
+            vs[frame].copy_(v)
+            frame += 1
+        kick()
+
+
 @torch.no_grad()
 def _integrate_chunk(
     x: Tensor, v: Tensor, q: Tensor, steps: int, dt: float, sample_freq: int, strength: float, max_force: float
@@ -155,7 +270,6 @@ def _integrate_chunk(
     dot = torch.empty((n, n, b), **kw)  # x_i . x_j
     d2 = torch.empty((n, n, b), **kw)  # squared distance -> |r|^3 -> force size
     root = torch.empty((n, n, b), **kw)
-    step = torch.empty((3, n, b), **kw)  # dt * v
     sq = dot.diagonal(dim1=0, dim2=1).T  # (N, b) view: |x_i|^2 = x_i . x_i
     d2_diag = d2.diagonal(dim1=0, dim2=1)
     force = pair[0]  # (3, N, b) view: the partner sum ends up in block j = 0
@@ -184,15 +298,7 @@ def _integrate_chunk(
         # v += dt * F as NRI: product rounded first (add_'s alpha would fuse it only in SIMD lanes)
         v.add_(force.mul_(dt))
 
-    kick()
-    frame = 0
-    for i in range(1, steps):
-        x.add_(torch.mul(v, dt, out=step))
-        if i % sample_freq == 0:
-            xs[frame].copy_(x)
-            vs[frame].copy_(v)
-            frame += 1
-        kick()
+    nri_steps(x, v, kick, steps, dt, sample_freq, xs, vs)
     return xs, vs
 
 
@@ -231,52 +337,19 @@ def simulate_charged(
         is the state at step ``(k + 1) * sample_freq`` (positions after the drift of that step,
         velocities before its kick, as NRI saves them).
     """
-    n_saved_frames(steps, sample_freq)  # validates steps / sample_freq
-    if dt <= 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
-    q = _check_inputs(x0, v0, charges)
-    b, n, _ = x0.shape
-    if max_force is None:
-        max_force = 0.1 / dt
-    if chunk_size is None:
-        target = max(1, _CHUNK_PAIR_ELEMENTS // (3 * n * n))
-        n_chunks = max(1, -(-b // target))
-        chunk_size = max(1, -(-b // n_chunks))  # balanced chunks, none tiny
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if num_threads is not None and num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None and num_threads != previous_threads:
-        torch.set_num_threads(num_threads)
-    try:
-        return _simulate_chunks(x0, v0, q, steps, float(dt), sample_freq, float(interaction_strength),
-                                float(max_force), chunk_size)
-    finally:
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
+    check_time_steps(steps, sample_freq, dt)
+    q = check_initial_state(x0, v0, charges, "charges").to(torch.float64)
+    max_force = 0.1 / dt if max_force is None else max_force
 
-
-def _simulate_chunks(
-    x0: Tensor, v0: Tensor, q: Tensor, steps: int, dt: float, sample_freq: int, strength: float,
-    max_force: float, chunk_size: int,
-) -> tuple[Tensor, Tensor]:
-    """Integrate ``x0, v0 (B, N, 3)``, charges ``q (B, N)`` chunk by chunk -> ``(B, T, N, 3)`` twice."""
-    b, n, _ = x0.shape
-    n_frames = steps // sample_freq - 1
-    device = x0.device
-    x_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=device)
-    v_out = torch.empty((b, n_frames, n, 3), dtype=torch.float64, device=device)
-    for start in range(0, b, chunk_size):  # chunks of trajectories, each fully vectorised
-        sl = slice(start, start + chunk_size)
+    def integrate(sl: slice) -> tuple[Tensor, Tensor]:
         # (b, N, 3) -> (3, N, b): trajectory axis innermost
         xc = x0[sl].to(torch.float64).permute(2, 1, 0).contiguous()
         vc = v0[sl].to(torch.float64).permute(2, 1, 0).contiguous()
-        qc = q[sl].to(torch.float64).transpose(0, 1).contiguous()
-        xs, vs = _integrate_chunk(xc, vc, qc, steps, dt, sample_freq, strength, max_force)
-        x_out[sl] = xs.permute(3, 0, 2, 1)  # (T, 3, N, b) -> (b, T, N, 3)
-        v_out[sl] = vs.permute(3, 0, 2, 1)
-    return x_out, v_out
+        xs, vs = _integrate_chunk(xc, vc, q[sl].transpose(0, 1).contiguous(), steps, float(dt), sample_freq,
+                                  float(interaction_strength), float(max_force))
+        return xs.permute(3, 0, 2, 1), vs.permute(3, 0, 2, 1)  # (T, 3, N, b) -> (b, T, N, 3)
+
+    return simulate_in_chunks(x0, n_saved_frames(steps, sample_freq), chunk_size, num_threads, integrate)
 
 
 def total_energy(x: Tensor, v: Tensor, charges: Tensor, interaction_strength: float = 1.0) -> Tensor:

@@ -195,7 +195,8 @@ def make_report(rows: Sequence[dict[str, Any]], reference: str, out_dir: str | P
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = summarise(rows, reference)
     print_rich_table(stats, reference, title)
-    (out_dir / "report.md").write_text(to_markdown(stats, reference, title))
+    paired = paired_markdown(rows, reference)
+    (out_dir / "report.md").write_text(to_markdown(stats, reference, title) + paired)
     plot(stats, out_dir / "report.png", title, reference)
     print(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.png'}")
     return stats
@@ -253,6 +254,48 @@ def benjamini_hochberg(p_values: Sequence[Optional[float]]) -> list[Optional[flo
     for rank, j in enumerate(order):
         out[idx[j]] = float(min(adj[rank], 1.0))
     return out
+
+
+def _per_traj_errors(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per group, the per-trajectory test MSE averaged over its seeds (runs whose ``per_traj_test.json``
+    is readable from the working directory; groups missing any are left out)."""
+    import json
+
+    by_group: dict[str, list[np.ndarray]] = {}
+    for row in rows:
+        path = Path(str(row.get("run_dir", ""))) / "per_traj_test.json"
+        if not path.is_file():
+            by_group.setdefault(row["group"], []).append(None)
+            continue
+        by_group.setdefault(row["group"], []).append(np.asarray(json.loads(path.read_text())["pos_mse"]))
+    return {g: np.mean(e, axis=0) for g, e in by_group.items()
+            if all(x is not None for x in e) and len({len(x) for x in e}) == 1}
+
+
+def paired_markdown(rows: Sequence[dict[str, Any]], reference: str) -> str:
+    """A Markdown table comparing each group with the reference at its grid point on the same test
+    trajectories (paired bootstrap interval of the ratio of mean MSEs, Wilcoxon signed-rank test);
+    empty when the runs' per-trajectory errors are not at hand (e.g. a report from results.jsonl alone)."""
+    errors = _per_traj_errors(rows)
+    grid_of = {r["group"]: tuple(sorted((k, v) for k, v in r.items() if k.startswith("grid."))) for r in rows}
+    refs = {grid_of[r["group"]]: r["group"] for r in rows if r.get("variant") == reference}
+    lines = []
+    for group, errs in errors.items():
+        ref = refs.get(grid_of[group])
+        if ref is None or ref == group or ref not in errors or len(errors[ref]) != len(errs):
+            continue
+        c = paired_comparison(errs, errors[ref])
+        lines.append(f"| {group} | {c.ratio:.3f} [{c.ratio_lo:.3f}, {c.ratio_hi:.3f}] | {c.p_wilcoxon:.3g} | "
+                     f"{100 * c.frac_a_better:.0f}% |")
+    if not lines:
+        return ""
+    return "\n".join([
+        "", f"Paired with `{reference}` on the same test trajectories (per-trajectory errors averaged over "
+        "seeds): ratio of mean MSEs with a paired bootstrap 95% interval over trajectories, the Wilcoxon "
+        "signed-rank p-value of the per-trajectory differences, and the share of trajectories on which the "
+        "variant's error is lower.", "",
+        f"| variant | ratio to {reference} [95% CI] | Wilcoxon p | better on |", "|---|---|---|---|", *lines,
+    ]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,6 +162,21 @@ def load_spec(path: str | Path) -> SweepSpec:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise _fail(path, f"not valid YAML ({err})") from None
+    return parse_spec(raw, path)
+
+
+def spec_from_mapping(raw: Any, root: str | Path = ".") -> SweepSpec:
+    """Validate a sweep spec given as a mapping (the keys of an ablation file; ``name`` required).
+
+    ``root`` is the project folder the runs execute in (config paths are relative to it).
+    """
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise UserError("a sweep spec mapping needs a 'name' (results go to <out>/<name>/)")
+    return parse_spec(raw, Path(root).resolve() / "ablations" / f"{raw['name']}.yaml")
+
+
+def parse_spec(raw: Any, path: Path) -> SweepSpec:
+    """Validate the mapping ``raw`` of an ablation file at ``path`` (which need not exist)."""
     if not isinstance(raw, dict):
         raise _fail(path, "must be a mapping with keys " + ", ".join(sorted(SPEC_KEYS)))
     unknown = sorted(set(raw) - SPEC_KEYS)
@@ -222,7 +237,7 @@ def _project_root(spec_path: Path) -> Path:
     """Config paths in an ablation file are relative to the project: the folder holding
     ``ablations/`` when the file lies there, else the current directory."""
     parent = spec_path.resolve().parent
-    if parent.name == "ablations" and not (parent.parent / "conf").is_dir() and (Path.cwd() / "conf").is_dir():
+    if parent.name == "ablations" and not (parent.parent / "conf").exists() and (Path.cwd() / "conf").is_dir():
         return Path.cwd()
     return parent.parent if parent.name == "ablations" else Path.cwd()
 

@@ -118,7 +118,7 @@ class Progress:
 
 
 def run_sweep(
-    spec_path: str | Path,
+    spec_path: str | Path | SweepSpec,
     out_dir: str | Path = "runs/sweeps",
     parallel: int = 1,
     dry_run: bool = False,
@@ -138,7 +138,7 @@ def run_sweep(
         raise UserError(f"--backend must be one of {BACKENDS}, got {backend!r}")
     if parallel < 1:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
-    spec = load_spec(spec_path)
+    spec = spec_path if isinstance(spec_path, SweepSpec) else load_spec(spec_path)
     sweep_dir = Path(out_dir) / spec.name
     planned = plan(spec, out_dir)
     todo = [p for p in planned if p.state == "todo"]

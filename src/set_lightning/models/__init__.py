@@ -1,4 +1,9 @@
-"""Models: SET and the baselines, all :class:`NBodyModel` subclasses (plain ``nn.Module``)."""
+"""Models: SET and the baselines, all :class:`NBodyModel` subclasses (plain ``nn.Module``).
+
+Every constructor is keyword-only. Axis symbols, the same in every file: ``B`` batch, ``L`` history
+frames, ``N`` particles, ``H`` hidden width, ``G = B * L`` graphs (frames folded into the batch),
+``K = N - 1`` neighbours of a node, ``R`` rows of ``T`` tokens in ETAL.
+"""
 
 from .base import NBodyModel
 from .baselines import LSTM, MLP, Linear

@@ -12,18 +12,12 @@ from torch import nn
 class NBodyModel(nn.Module):
     """Base class of every model that the LightningModule can train.
 
-    Subclasses implement::
+    Subclasses implement ``forward(x, v, charges) -> (x_pred, v_pred)``: from the positions ``x`` and
+    velocities ``v`` of the ``L`` history frames (``x[:, -1]`` is the input frame) and the particle
+    charges (+1 / -1), the positions and velocities at the target frame.
 
-        forward(x, v, charges) -> (x_pred, v_pred)
-
-    Args:
-        x: ``(B, L, N, 3)`` positions of the ``L`` history frames; ``x[:, -1]`` is the input frame.
-        v: ``(B, L, N, 3)`` velocities at the same frames.
-        charges: ``(B, N, 1)`` particle charges (+1 / -1).
-
-    Returns:
-        x_pred: ``(B, N, 3)`` predicted positions at the target frame.
-        v_pred: ``(B, N, 3)`` predicted velocities at the target frame.
+    Shapes:
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``.
 
     Class attribute ``equivariant`` says whether the model claims E(n) equivariance
     (rotations, reflections and translations of ``x``; ``v`` rotates but does not translate).

@@ -25,18 +25,21 @@ class Linear(NBodyModel):
 
     Args:
         time: initial value of the learnable time step ``t``.
+
+    Shapes:
+        x, v: ``(B, L, N, 3)`` (only the last frame is read), charges: ``(B, N, 1)`` -> x_pred, v_pred
+        ``(B, N, 3)``.
     """
 
     equivariant = True
 
-    def __init__(self, time: float = 0.7) -> None:
+    def __init__(self, *, time: float = 0.7) -> None:
         super().__init__()
         self.time = nn.Parameter(torch.tensor(float(time)))
 
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
         self.check_inputs(x, v, charges)
         return x[:, -1] + self.time.to(x.dtype) * v[:, -1], v[:, -1]
 
@@ -50,22 +53,25 @@ class MLP(NBodyModel):
     Args:
         hidden: hidden width.
         n_layers: number of linear layers (>= 1).
-        n_frames: number of most recent frames used (inputs need ``L >= n_frames``).
+        n_frames: number of input frames read, the most recent ones (inputs need ``L >= n_frames``). The
+            CLI links it to ``data.history``: the MLP reads the whole history.
+
+    Shapes:
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``.
     """
 
     equivariant = False
 
-    def __init__(self, hidden: int = 64, n_layers: int = 3, n_frames: int = 1) -> None:
+    def __init__(self, *, hidden: int = 64, n_layers: int = 3, n_frames: int = 1) -> None:
         super().__init__()
         if n_layers < 1 or n_frames < 1:
             raise UserError("n_layers and n_frames must be >= 1")
         self.n_frames = n_frames
-        self.net = mlp(6 * n_frames + 1, hidden, 6, n_layers=n_layers)
+        self.net = mlp(d_in=6 * n_frames + 1, d_hidden=hidden, d_out=6, n_layers=n_layers)
 
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
         if ell < self.n_frames:
@@ -86,11 +92,15 @@ class LSTM(NBodyModel):
         hidden: LSTM hidden size.
         n_layers: stacked LSTM layers.
         dropout: dropout between LSTM layers (only with ``n_layers > 1``).
+
+    Shapes:
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``; inside, ``B N``
+        sequences of ``L`` steps.
     """
 
     equivariant = False
 
-    def __init__(self, hidden: int = 64, n_layers: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, *, hidden: int = 64, n_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.lstm = nn.LSTM(7, hidden, num_layers=n_layers, batch_first=True,
                             dropout=dropout if n_layers > 1 else 0.0)
@@ -99,7 +109,6 @@ class LSTM(NBodyModel):
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
         q = self.charges_per_frame(x, charges)

@@ -8,18 +8,20 @@ from torch import nn
 from ..errors import UserError
 from .layers import EPS, PairLinear, VectorOut, gather_edges, gather_nodes, neighbour_index
 
-
 TRANS_CLAMP = 100.0
 
 
 class EGCL(nn.Module):
     r"""One E(n)-equivariant graph convolutional layer with optional multi-head edge attention.
 
-    For every graph (the batch and time axes are folded together, ``G = B * L``), all pairs ``i != j``::
+    For every graph (the batch and time axes are folded together, ``G = B * L``), all pairs ``i != j``,
+    in the steps of the forward (as EGNN's ``E_GCL``: ``edge_model``, ``coord_model``, ``node_model``)::
 
-        m_ij = phi_e(h_i, h_j, |x_i - x_j|^2, a_ij)
-        x_i' = x_i + C * sum_j w_ij * (x_i - x_j) * phi_x(m_ij) + phi_v(h_i) * v_i
-        h_i' = h_i + phi_h(h_i, sum_j w_ij m_ij)
+        coord2radial:    d_ij = x_i - x_j,  r_ij = |x_i - x_j|^2
+        edge_model:      m_ij = phi_e(h_i, h_j, r_ij, a_ij)
+        edge_attention:  w_ij = softmax_j Linear(m_ij)  (per head; or the plain sum / mean)
+        coord_model:     x_i' = x_i + C * sum_j w_ij * d_ij * phi_x(m_ij) + phi_v(h_i) * v_i
+        node_model:      h_i' = h_i + phi_h(h_i, sum_j w_ij m_ij)
 
     With ``attention`` the weights are a softmax over ``j`` of an invariant score ``Linear(m_ij)`` (one per
     head; the message channels are split across heads, coordinates use the head-mean weight). Without
@@ -27,13 +29,13 @@ class EGCL(nn.Module):
     ``equivariant=False`` feeds the coordinate differences to ``phi_e`` and predicts ``phi_x`` and
     ``phi_v`` as raw 3-vectors (``MLP([m_ij, x_i - x_j])``, ``MLP([h_i, v_i])``): no longer rotation
     equivariant, still translation invariant. As in EGNN, the last layer of ``phi_x`` has no bias and is
-    xavier-initialised with gain 0.001.
+    xavier-initialised with gain 0.001, and every coordinate message is clamped to +-100.
 
     Implementation (same function, fewer passes over the edge tensors, which dominate the cost): edges
-    are dense ``(G, N, N - 1, .)`` tensors holding only the real edges ``(i, (i + k + 1) % N)`` (no
-    masked diagonal, 20 % less work at ``N = 5``); ``phi_e``'s first layer is computed per node and
-    broadcast (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, the few edge attributes added by fused
-    multiply-adds); ``phi_x``'s scalar last layer is a matrix-vector product.
+    are dense ``(G, N, K, .)`` tensors, ``K = N - 1``, holding only the real edges ``(i, (i + k + 1) % N)``
+    (no masked diagonal, 20 % less work at ``N = 5``); ``phi_e``'s first layer is a :class:`PairLinear`
+    (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
+    gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product).
 
     Args:
         hidden: width ``H`` of node features and messages.
@@ -51,12 +53,12 @@ class EGCL(nn.Module):
             stream stays un-normalised. Keeps deep stacks bounded (not in the EGNN reference).
 
     Shapes:
-        h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)``, edge_attr: ``(G, N, N, edge_dim)`` (the
-        diagonal is ignored) -> h ``(G, N, H)``, x ``(G, N, 3)``.
+        h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)`` (None without ``velocity``), edge_attr:
+        ``(G, N, N, edge_dim)`` (the diagonal is ignored) -> h ``(G, N, H)``, x ``(G, N, 3)``.
     """
 
     def __init__(
-        self, hidden: int = 64, edge_dim: int = 2, attention: bool = True, n_heads: int = 4,
+        self, *, hidden: int = 64, edge_dim: int = 2, attention: bool = True, n_heads: int = 4,
         equivariant: bool = True, velocity: bool = True, norm_diff: bool = True, tanh: bool = True,
         coords_range: float = 15.0, coords_weight: float = 1.0, recurrent: bool = True, pre_norm: bool = False,
     ) -> None:
@@ -66,50 +68,91 @@ class EGCL(nn.Module):
         self.attention, self.n_heads, self.equivariant = attention, n_heads, equivariant
         self.norm_diff, self.coords_weight, self.recurrent = norm_diff, coords_weight, recurrent
         d_e = 1 + edge_dim + (0 if equivariant else 3)
-        self.edge_in = PairLinear(hidden, hidden, d_e, hidden)
+        self.edge_in = PairLinear(d_a=hidden, d_b=hidden, d_e=d_e, d_out=hidden)
         self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.phi_x = VectorOut(hidden, 1, hidden, equivariant, tanh, coords_range, last_gain=0.001, last_bias=False)
-        self.phi_v = VectorOut(hidden, 1, hidden, equivariant) if velocity else None
+        self.phi_x = VectorOut(d_in=hidden, n_vectors=1, d_hidden=hidden, equivariant=equivariant, tanh=tanh,
+                               scale=coords_range, last_gain=0.001, last_bias=False)
+        self.phi_v = VectorOut(d_in=hidden, n_vectors=1, d_hidden=hidden, equivariant=equivariant) if velocity else None
         self.att = nn.Linear(hidden, n_heads) if attention else None
         self.norm = nn.LayerNorm(hidden) if pre_norm else None
 
     def forward(
         self, h: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None, edge_attr: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[-2]
+        nb = neighbour_index(x.shape[-2], x.device)  # (N, K): the edges (i, nb[i, k])
         hn = h if self.norm is None else self.norm(h)
-        nb = neighbour_index(n, x.device)  # (N, N-1): the edges (i, nb[i, k])
-        diff = x.unsqueeze(-2) - gather_nodes(x, nb)  # (G, N, N-1, 3): x_i - x_j
+        diff, radial = self.coord2radial(x, nb)
+        m = self.edge_model(hn, radial, edge_attr, diff, nb)
+        w = self.edge_attention(m)
+        x = self.coord_model(x, v, hn, diff, m, w)
+        h = self.node_model(h, hn, m, w)
+        return h, x
+
+    def coord2radial(self, x: torch.Tensor, nb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coordinate differences ``x_i - x_j`` (normalised with ``norm_diff``) and squared distances.
+
+        Shapes: x ``(G, N, 3)``, nb ``(N, K)`` -> diff ``(G, N, K, 3)``, radial ``(G, N, K, 1)``.
+        """
+        diff = x.unsqueeze(-2) - gather_nodes(x, nb)
         radial = diff.square().sum(-1, keepdim=True)
         if self.norm_diff:
             diff = diff / (torch.sqrt(radial + EPS) + 1.0)
-        e = [radial, gather_edges(edge_attr, nb)] + ([] if self.equivariant else [diff])
-        m = self.edge_out(self.edge_in(hn, hn, torch.cat([t.to(radial.dtype) for t in e], dim=-1), nb))
-        d = m.shape[-1]
-        logits = self.att(m) if self.att is not None else None  # (G, N, N-1, heads)
+        return diff, radial
+
+    def edge_model(
+        self, hn: torch.Tensor, radial: torch.Tensor, edge_attr: torch.Tensor, diff: torch.Tensor, nb: torch.Tensor
+    ) -> torch.Tensor:
+        """Messages ``m_ij = phi_e(h_i, h_j, r_ij, a_ij)`` (and ``d_ij`` with ``equivariant=False``).
+
+        Shapes: hn ``(G, N, H)``, radial ``(G, N, K, 1)``, edge_attr ``(G, N, N, edge_dim)``, diff
+        ``(G, N, K, 3)``, nb ``(N, K)`` -> ``(G, N, K, H)``.
+        """
+        cols = [radial, *gather_edges(edge_attr, nb).split(1, dim=-1)]
+        if not self.equivariant:
+            cols += diff.split(1, dim=-1)
+        return self.edge_out(self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], nb))
+
+    def edge_attention(self, m: torch.Tensor) -> torch.Tensor | None:
+        """Attention weights over the neighbours, per head (None without ``attention``: plain sum / mean).
+
+        Shapes: m ``(G, N, K, H)`` -> ``(G, N, K, n_heads)``.
+        """
+        return None if self.att is None else self.att(m).softmax(dim=-2)
+
+    def coord_model(
+        self, x: torch.Tensor, v: torch.Tensor | None, hn: torch.Tensor, diff: torch.Tensor, m: torch.Tensor,
+        w: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``x_i + C sum_j w_ij d_ij phi_x(m_ij) + phi_v(h_i) v_i`` (mean over neighbours without attention).
+
+        Shapes: x ``(G, N, 3)``, v ``(G, N, 3)``, hn ``(G, N, H)``, diff ``(G, N, K, 3)``, m ``(G, N, K, H)``,
+        w ``(G, N, K, n_heads)`` or None -> ``(G, N, 3)``.
+        """
         if self.equivariant:
-            # phi_x(m) = bound(w . SiLU(Linear(m))): the last layer as a matrix-vector product (a (R, 1)
-            # GEMM and its rank-1 backward are several times slower on CPU)
-            last = self.phi_x.net[-1]  # Linear(H, 1), no bias in EGNN's phi_x
-            hx = self.phi_x.features(m)
-            raw = hx @ last.weight[0].to(hx.dtype)  # (G, N, N-1)
-            gx = self.phi_x.bound(raw if last.bias is None else raw + last.bias[0].to(raw.dtype))
-            trans = gx.unsqueeze(-1) * diff
+            trans = self.phi_x.gate(m).unsqueeze(-1) * diff
         else:
             trans = self.phi_x(m, diff.unsqueeze(-2))
         # EGNN's reference clamps every coordinate message to +-100 ("never activated but just in
         # case it explodes"); it keeps a diverging early step from producing inf
         trans = trans.clamp(-TRANS_CLAMP, TRANS_CLAMP)
-        if logits is not None:
-            a = logits.softmax(dim=-2)  # (G, N, N-1, heads): softmax over the neighbours
-            g, _, k, _ = m.shape
-            agg = (a.unsqueeze(-1) * m.view(g, n, k, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
-            x = x + self.coords_weight * (a.mean(-1, keepdim=True) * trans).sum(-2)
+        if w is not None:
+            x = x + self.coords_weight * (w.mean(-1, keepdim=True) * trans).sum(-2)
         else:
-            agg = m.sum(-2)
-            x = x + (self.coords_weight / max(n - 1, 1)) * trans.sum(-2)
+            x = x + (self.coords_weight / max(x.shape[-2] - 1, 1)) * trans.sum(-2)
         if self.phi_v is not None:
             x = x + self.phi_v(hn, v.unsqueeze(-2))
+        return x
+
+    def node_model(self, h: torch.Tensor, hn: torch.Tensor, m: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """``h_i + phi_h(h_i, sum_j w_ij m_ij)``: each head weighs its share of the message channels.
+
+        Shapes: h, hn ``(G, N, H)``, m ``(G, N, K, H)``, w ``(G, N, K, n_heads)`` or None -> ``(G, N, H)``.
+        """
+        if w is not None:
+            g, n, k, d = m.shape
+            agg = (w.unsqueeze(-1) * m.view(g, n, k, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
+        else:
+            agg = m.sum(-2)
         out = self.node_mlp(torch.cat([hn, agg.to(hn.dtype)], dim=-1))
-        return (h + out if self.recurrent else out), x
+        return h + out if self.recurrent else out

@@ -33,27 +33,32 @@ class EGNN(NBodyModel):
         norm_diff: normalise coordinate differences (reference default False).
         tanh: bound the coordinate MLP with ``coords_range * tanh`` (reference default False).
         coords_range: bound used with ``tanh`` (reference behaviour: 1.0).
+
+    Shapes:
+        x, v: ``(B, L, N, 3)`` (only the last frame is read), charges: ``(B, N, 1)`` -> x_pred, v_pred
+        ``(B, N, 3)``; inside, ``B`` graphs of ``N`` nodes with ``H`` features.
     """
 
     equivariant = True
 
     def __init__(
-        self, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, recurrent: bool = True,
+        self, *, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, recurrent: bool = True,
         attention: bool = False, n_heads: int = 1, norm_diff: bool = False, tanh: bool = False,
         coords_range: float = 1.0,
     ) -> None:
         super().__init__()
         self.embedding = nn.Linear(1, hidden)
         self.layers = nn.ModuleList(
-            EGCL(hidden, 2, attention, n_heads, True, True, norm_diff, tanh, coords_range, coords_weight, recurrent)
+            EGCL(hidden=hidden, edge_dim=2, attention=attention, n_heads=n_heads, equivariant=True, velocity=True,
+                 norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
+                 recurrent=recurrent)
             for _ in range(n_layers)
         )
-        self.head_v = VectorOut(hidden, 2, hidden, equivariant=True)
+        self.head_v = VectorOut(d_in=hidden, n_vectors=2, d_hidden=hidden, equivariant=True)
 
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shapes: x, v ``(B, L, N, 3)`` (only ``[:, -1]`` used), charges ``(B, N, 1)`` -> ``(B, N, 3)`` x2."""
         self.check_inputs(x, v, charges)
         x0, v0 = x[:, -1], v[:, -1]
         q = charges.to(x.dtype)

@@ -1,4 +1,11 @@
-"""Small building blocks shared by the models: MLPs, vector heads, positional codes, dense graphs."""
+"""Small building blocks shared by the models: MLPs, vector heads, pair features, positional codes,
+complete graphs without self-edges.
+
+Axis symbols (the same in every model file): ``B`` batch, ``L`` history frames, ``N`` particles,
+``H`` hidden width, ``G = B * L`` graphs (the frames folded into the batch), ``K = N - 1`` neighbours
+of a node, ``R`` rows of ``T`` tokens in ETAL; generic helpers name the two sides of a pair tensor
+``P`` and ``Q``; ``*`` any leading axes.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ EPS = 1e-8
 
 
 def mlp(
-    d_in: int, d_hidden: int, d_out: int, n_layers: int = 2, act: type[nn.Module] = nn.SiLU,
+    *, d_in: int, d_hidden: int, d_out: int, n_layers: int = 2, act: type[nn.Module] = nn.SiLU,
     last_act: bool = False, bias: bool = True,
 ) -> nn.Sequential:
     """``Linear -> act -> ... -> Linear`` with ``n_layers`` linear maps (``last_act`` adds a final act)."""
@@ -49,13 +56,14 @@ class VectorOut(nn.Module):
     """
 
     def __init__(
-        self, d_in: int, n_vectors: int, d_hidden: int, equivariant: bool = True, tanh: bool = False,
+        self, *, d_in: int, n_vectors: int, d_hidden: int, equivariant: bool = True, tanh: bool = False,
         scale: float = 1.0, last_gain: float | None = None, last_bias: bool = True, n_layers: int = 2,
     ) -> None:
         super().__init__()
         self.equivariant, self.tanh, self.scale, self.k = equivariant, tanh, scale, n_vectors
         d_mlp_in = d_in if equivariant else d_in + 3 * n_vectors
-        self.net = mlp(d_mlp_in, d_hidden, n_vectors if equivariant else 3, n_layers=n_layers, bias=last_bias)
+        self.net = mlp(d_in=d_mlp_in, d_hidden=d_hidden, d_out=n_vectors if equivariant else 3, n_layers=n_layers,
+                       bias=last_bias)
         if last_gain is not None:
             nn.init.xavier_uniform_(self.net[-1].weight, gain=last_gain)
 
@@ -68,6 +76,22 @@ class VectorOut(nn.Module):
     def bound(self, g: torch.Tensor) -> torch.Tensor:
         """``scale * tanh(g)`` with ``tanh``, else ``g`` (applied to the raw MLP output)."""
         return self.scale * torch.tanh(g) if self.tanh else g
+
+    def gate(self, f: torch.Tensor) -> torch.Tensor:
+        """The bounded scalar gate ``g(f)`` of an equivariant one-vector head (``forward(f, V) = g(f) V``).
+
+        The last layer is a matrix-vector product: for a large ``f`` (edges, pairs) a ``(R, 1)`` GEMM and
+        its rank-1 backward are several times slower on CPU.
+
+        Shapes:
+            f: ``(*, d_in)`` -> ``(*)``.
+        """
+        if not self.equivariant or self.k != 1:
+            raise ValueError("gate() needs an equivariant head with one vector")
+        hidden = self.features(f)
+        weight, bias = self.last_layer()
+        raw = hidden @ weight[0].to(hidden.dtype)
+        return self.bound(raw if bias is None else raw + bias[0].to(raw.dtype))
 
     def features(self, f: torch.Tensor) -> torch.Tensor:
         """The MLP up to (not including) its last linear layer."""
@@ -103,32 +127,47 @@ class PairLinear(nn.Module):
     """``Linear([a_i, b_j, e_ij])`` for all pairs without materialising the concatenation.
 
     Equal (same parameter count) to ``nn.Linear(d_a + d_b + d_e, d_out)`` applied to the concatenation:
-    the node terms are computed once per node and broadcast to the pairs, and the few edge features are
-    added in place by fused multiply-adds (:func:`add_outer_`).
+    the node terms are computed once per node and broadcast to the pairs, the few edge features are
+    added in place by fused multiply-adds (:func:`add_outer_`), and an edge feature that is the same
+    number for every pair is folded into the node term.
 
-    With ``index`` ``(T, K)`` the pairs are ``(i, index[i, k])`` instead of all ``(i, j)`` (e.g. only
-    the ``N - 1`` neighbours of each node, see :func:`neighbour_index`); ``e`` is then ``(*, T, K, d_e)``.
+    ``cols`` are the ``d_e`` edge features, one column each: a tensor broadcastable to the pairs or a
+    number (constant over the pairs). With ``index`` ``(P, K)`` the pairs are ``(i, index[i, k])`` instead of
+    all ``(i, j)`` (e.g. the ``K = N - 1`` neighbours of each node, see :func:`neighbour_index`).
+
+    Args:
+        d_a: size of ``a``.
+        d_b: size of ``b``.
+        d_e: number of edge features.
+        d_out: output size.
 
     Shapes:
-        a: ``(*, T, d_a)``, b: ``(*, S, d_b)``, e: ``(*, T, S, d_e)`` -> ``(*, T, S, d_out)``.
+        a: ``(*, P, d_a)``, b: ``(*, Q, d_b)``, cols: ``d_e`` x ``(*, P, Q, 1)`` (broadcastable) or numbers
+        -> ``(*, P, Q, d_out)``; with index ``(P, K)``: cols ``(*, P, K, 1)`` -> ``(*, P, K, d_out)``.
     """
 
-    def __init__(self, d_a: int, d_b: int, d_e: int, d_out: int) -> None:
+    def __init__(self, *, d_a: int, d_b: int, d_e: int, d_out: int) -> None:
         super().__init__()
         self.lin_a = nn.Linear(d_a, d_out)
         self.lin_b = nn.Linear(d_b, d_out, bias=False)
         self.lin_e = nn.Linear(d_e, d_out, bias=False) if d_e > 0 else None
 
     def forward(
-        self, a: torch.Tensor, b: torch.Tensor, e: torch.Tensor | None = None, index: torch.Tensor | None = None
+        self, a: torch.Tensor, b: torch.Tensor, cols: list[torch.Tensor | float] = (),
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if index is None:
-            out = self.lin_a(a).unsqueeze(-2) + self.lin_b(b).unsqueeze(-3)
-        else:
-            out = self.lin_a(a).unsqueeze(-2) + gather_nodes(self.lin_b(b), index)
-        if self.lin_e is None:
+        n_e = 0 if self.lin_e is None else self.lin_e.in_features
+        if len(cols) != n_e:
+            raise ValueError(f"PairLinear takes {n_e} edge feature column(s), got {len(cols)}")
+        za, zb = self.lin_a(a), self.lin_b(b)
+        tensors = [c for c, col in enumerate(cols) if isinstance(col, torch.Tensor)]
+        for c in sorted(set(range(n_e)) - set(tensors)):  # a constant column: part of the node term
+            za = za + cols[c] * self.lin_e.weight[:, c].to(za.dtype)
+        out = za.unsqueeze(-2) + (zb.unsqueeze(-3) if index is None else gather_nodes(zb, index))
+        if not tensors:
             return out
-        return add_outer_(out, self.lin_e.weight, list(e.split(1, dim=-1)))
+        weight = self.lin_e.weight if len(tensors) == n_e else self.lin_e.weight[:, tensors]
+        return add_outer_(out, weight, [cols[c] for c in tensors])
 
 
 class _AddOuter(torch.autograd.Function):
@@ -185,7 +224,7 @@ def gather_nodes(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``out[..., i, k, :] = z[..., index[i, k], :]`` (one ``index_select``; its backward is an ``index_add``).
 
     Shapes:
-        z: ``(*, N, D)``, index: ``(T, K)`` -> ``(*, T, K, D)``.
+        z: ``(*, Q, D)``, index: ``(P, K)`` -> ``(*, P, K, D)``.
     """
     out = z.index_select(-2, index.flatten())
     return out.view(*z.shape[:-2], *index.shape, z.shape[-1])
@@ -202,7 +241,11 @@ def gather_edges(e: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def sinusoidal_encoding(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer sinusoidal code of (float) positions ``pos`` ``(*,)`` -> ``(*, dim)``."""
+    """Transformer sinusoidal code of (float) positions, in float64.
+
+    Shapes:
+        pos: ``(*)`` -> ``(*, dim)``.
+    """
     half = dim // 2
     freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device, dtype=torch.float64) / max(half, 1))
     ang = pos.to(torch.float64).unsqueeze(-1) * freq
@@ -210,22 +253,3 @@ def sinusoidal_encoding(pos: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2:
         pe = torch.cat([pe, torch.zeros_like(pe[..., :1])], dim=-1)
     return pe
-
-
-def pairwise(x: torch.Tensor, norm_diff: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense relative vectors of a point cloud.
-
-    Shapes:
-        x: ``(*, N, 3)`` -> diff ``(*, N, N, 3)`` with ``diff[..., i, j, :] = x_i - x_j``
-        (divided by ``|x_i - x_j| + 1`` if ``norm_diff``), radial ``(*, N, N, 1)`` = ``|x_i - x_j|^2``.
-    """
-    diff = x.unsqueeze(-2) - x.unsqueeze(-3)
-    radial = (diff**2).sum(-1, keepdim=True)
-    if norm_diff:
-        diff = diff / (torch.sqrt(radial + EPS) + 1.0)
-    return diff, radial
-
-
-def off_diagonal(n: int, device: torch.device | None = None) -> torch.Tensor:
-    """``(n, n)`` bool mask, True off the diagonal."""
-    return ~torch.eye(n, dtype=torch.bool, device=device)

@@ -28,22 +28,27 @@ class SETBlock(nn.Module):
         tanh: bound the coordinate gates.
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward.
+
+    Shapes:
+        h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, N, 2)`` with ``G = B * L``, batch: ``B``
+        -> h ``(G, N, H)``, x, u ``(G, N, 3)``.
     """
 
     def __init__(
-        self, hidden: int = 64, n_spatial_layers: int = 2, n_heads: int = 4, dropout: float = 0.1,
+        self, *, hidden: int = 64, n_spatial_layers: int = 2, n_heads: int = 4, dropout: float = 0.1,
         equivariant: bool = True, spatial_attention: bool = True, temporal_attention: bool = True,
         adjacency: bool = False, norm_diff: bool = True, tanh: bool = True, coords_range: float = 15.0,
         ff_mult: int = 2,
     ) -> None:
         super().__init__()
         self.egcls = nn.ModuleList(
-            EGCL(hidden, 2, spatial_attention, n_heads, equivariant, True, norm_diff, tanh, coords_range,
-                 pre_norm=True)
+            EGCL(hidden=hidden, edge_dim=2, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
+                 velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, pre_norm=True)
             for _ in range(n_spatial_layers)
         )
         self.etal = (
-            ETAL(hidden, n_heads, dropout, equivariant, adjacency, norm_diff, tanh, coords_range)
+            ETAL(hidden=hidden, n_heads=n_heads, dropout=dropout, equivariant=equivariant, adjacency=adjacency,
+                 norm_diff=norm_diff, tanh=tanh, coords_range=coords_range)
             if temporal_attention else None
         )
         self.ff = nn.Sequential(
@@ -54,7 +59,6 @@ class SETBlock(nn.Module):
     def forward(
         self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shapes: h ``(B*L, N, H)``, x, u ``(B*L, N, 3)``, edge_attr ``(B*L, N, N, 2)``."""
         for egcl in self.egcls:
             h, x = egcl(h, x, u, edge_attr)
         if self.etal is not None:
@@ -98,12 +102,16 @@ class SET(NBodyModel):
         tanh: bound the coordinate gates by ``coords_range * tanh`` (stabilises deep stacks).
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward layers.
+
+    Shapes:
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``; inside, the frames
+        are folded into the batch: ``G = B * L`` graphs of ``N`` nodes with ``H`` features.
     """
 
     equivariant = True
 
     def __init__(
-        self, hidden: int = 64, n_blocks: int = 2, n_spatial_layers: int = 2, n_heads: int = 4,
+        self, *, hidden: int = 64, n_blocks: int = 2, n_spatial_layers: int = 2, n_heads: int = 4,
         dropout: float = 0.1, equivariant: bool = True, spatial_attention: bool = True,
         temporal_attention: bool = True, adjacency: bool = False, norm_diff: bool = True, tanh: bool = True,
         coords_range: float = 15.0, ff_mult: int = 2,
@@ -116,18 +124,19 @@ class SET(NBodyModel):
         self.equivariant = equivariant
         self.embed = nn.Linear(2 if equivariant else 8, hidden)
         self.blocks = nn.ModuleList(
-            SETBlock(hidden, n_spatial_layers, n_heads, dropout, equivariant, spatial_attention,
-                     temporal_attention, adjacency, norm_diff, tanh, coords_range, ff_mult)
+            SETBlock(hidden=hidden, n_spatial_layers=n_spatial_layers, n_heads=n_heads, dropout=dropout,
+                     equivariant=equivariant, spatial_attention=spatial_attention,
+                     temporal_attention=temporal_attention, adjacency=adjacency, norm_diff=norm_diff, tanh=tanh,
+                     coords_range=coords_range, ff_mult=ff_mult)
             for _ in range(n_blocks)
         )
         self.out_norm = nn.LayerNorm(hidden)
-        self.head_x = VectorOut(hidden, 1, hidden, equivariant)
-        self.head_v = VectorOut(hidden, 2, hidden, equivariant)
+        self.head_x = VectorOut(d_in=hidden, n_vectors=1, d_hidden=hidden, equivariant=equivariant)
+        self.head_v = VectorOut(d_in=hidden, n_vectors=2, d_hidden=hidden, equivariant=equivariant)
 
     def forward(
         self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shapes: x, v ``(B, L, N, 3)``, charges ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``."""
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
         q = self.charges_per_frame(x, charges)

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as ``python benchmarks/<name>.py``) and the reference simulator the tests use."""
