@@ -104,7 +104,9 @@ class RunJob(Checkpointable):
     def checkpoint(self, spec: RunSpec) -> Any:
         """Save an hpc checkpoint of a single-process fit in progress, then resubmit the same run."""
         trainer = self._trainer
-        if trainer is not None and trainer.world_size == 1 and trainer.training:
+        # a running fit (its validation loops included): after fit, or while testing, last.ckpt is the state
+        fitting = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
+        if fitting and trainer.world_size == 1:
             path = next_hpc_path(spec.run_dir)
             trainer.save_checkpoint(str(path))
             print(f"requeue: saved {path}", flush=True)
