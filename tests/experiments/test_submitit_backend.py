@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import TINY, kill_after_first_result, write_spec
 
 from set_lightning.experiments.records import read_job
+from set_lightning.experiments.sweep import run_sweep
 
 pytest.importorskip("submitit")
 
@@ -70,7 +71,7 @@ def test_a_failing_variant_is_reported_with_its_log_while_the_others_finish(tmp_
     assert [r["variant"] for r in rows] == ["ok"]
 
 
-def test_detach_submits_and_returns(tmp_path, data_cache):
+def test_detach_submits_and_returns(tmp_path, data_cache, capsys):
     spec = write_spec(tmp_path, {"name": "d", "seeds": [0], "overrides": {**TINY, "data.cache_dir": str(data_cache)},
                                  "variants": {"a": {}}})
     out = tmp_path / "runs"
@@ -82,10 +83,9 @@ def test_detach_submits_and_returns(tmp_path, data_cache):
     job = read_job(run_dir)
     assert job["backend"] == "submitit-local"
     # a second invocation submits nothing: the job is pending or running (or has finished meanwhile)
-    again = subprocess.run(_sweep(spec, out, "--detach"), cwd=tmp_path, env=_env(), capture_output=True,
-                           text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "1 running or pending as jobs, 0 to run" in again.stdout or "1 finished, 0 to run" in again.stdout
+    assert run_sweep(spec, out, backend="submitit-local", detach=True) == []
+    said = capsys.readouterr().out
+    assert "1 running or pending as jobs, 0 to run" in said or "1 finished, 0 to run" in said
     assert read_job(run_dir)["job_id"] == job["job_id"]
     deadline = time.time() + 300
     while not (run_dir / "result.json").exists() and time.time() < deadline:
