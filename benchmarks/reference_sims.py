@@ -19,16 +19,22 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 
 
-def _spring_forces(loc: np.ndarray, edges: np.ndarray, interaction_strength: float, max_f: float) -> np.ndarray:
-    """Clipped Hooke forces of NRI for ``loc (d, n)`` and the spring graph ``edges (n, n)`` -> ``(d, n)``."""
+def _clipped_pair_forces(loc: np.ndarray, forces_size: np.ndarray, max_f: float) -> np.ndarray:
+    """NRI's ``sum_j forces_size[i, j] (x_i - x_j)`` for ``loc (d, n)``, each component clipped to
+    ``+/- max_f`` -> ``(d, n)`` (``forces_size`` ``(n, n)`` with a zero diagonal)."""
     n = loc.shape[1]
-    forces_size = -interaction_strength * edges
-    np.fill_diagonal(forces_size, 0)  # no self forces
     diffs = np.concatenate([np.subtract.outer(loc[d, :], loc[d, :]).reshape(1, n, n) for d in range(loc.shape[0])])
     f = (forces_size.reshape(1, n, n) * diffs).sum(axis=-1)
     f[f > max_f] = max_f
     f[f < -max_f] = -max_f
     return f
+
+
+def _spring_forces(loc: np.ndarray, edges: np.ndarray, interaction_strength: float, max_f: float) -> np.ndarray:
+    """Clipped Hooke forces of NRI for ``loc (d, n)`` and the spring graph ``edges (n, n)`` -> ``(d, n)``."""
+    forces_size = -interaction_strength * edges
+    np.fill_diagonal(forces_size, 0)  # no self forces
+    return _clipped_pair_forces(loc, forces_size, max_f)
 
 
 def springs_simulate_one(
@@ -172,15 +178,10 @@ def _l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def nri_forces(loc: np.ndarray, edges: np.ndarray, interaction_strength: float, max_f: float) -> np.ndarray:
     """Clipped Coulomb forces of NRI for ``loc (d, n)`` and ``edges = q q^T (n, n)`` -> ``(d, n)``."""
-    n = loc.shape[1]
     l2_dist_power3 = np.power(_l2(loc.transpose(), loc.transpose()), 3.0 / 2.0)
     forces_size = interaction_strength * edges / l2_dist_power3
     np.fill_diagonal(forces_size, 0)  # self forces are zero (fixes division by zero)
-    diffs = np.concatenate([np.subtract.outer(loc[d, :], loc[d, :]).reshape(1, n, n) for d in range(loc.shape[0])])
-    f = (forces_size.reshape(1, n, n) * diffs).sum(axis=-1)
-    f[f > max_f] = max_f
-    f[f < -max_f] = -max_f
-    return f
+    return _clipped_pair_forces(loc, forces_size, max_f)
 
 
 def nri_simulate_one(
@@ -207,26 +208,13 @@ def nri_simulate_one(
         ``(x, v)``, each ``(T, N, 3)`` float64 with ``T = steps // sample_freq - 1``; frame ``k`` is the
         state right after the position update of step ``(k + 1) * sample_freq``.
     """
-    if steps % sample_freq != 0:
-        raise ValueError(f"steps ({steps}) must be a multiple of sample_freq ({sample_freq})")
     max_f = 0.1 / dt
-    t_save = steps // sample_freq - 1
     q = np.asarray(charges, dtype=np.float64).reshape(-1, 1)
     edges = q.dot(q.transpose())
-    loc_next = np.array(x0, dtype=np.float64).transpose().copy()  # (d, n), NRI's layout
-    vel_next = np.array(v0, dtype=np.float64).transpose().copy()
-    loc = np.zeros((t_save,) + loc_next.shape)
-    vel = np.zeros((t_save,) + vel_next.shape)
-    counter = 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        vel_next += dt * nri_forces(loc_next, edges, interaction_strength, max_f)
-        for i in range(1, steps):
-            loc_next += dt * vel_next
-            if i % sample_freq == 0:
-                loc[counter], vel[counter] = loc_next, vel_next
-                counter += 1
-            vel_next += dt * nri_forces(loc_next, edges, interaction_strength, max_f)
-    return loc.transpose(0, 2, 1).copy(), vel.transpose(0, 2, 1).copy()
+        return nri_integrate_one(
+            x0, v0, lambda loc: nri_forces(loc, edges, interaction_strength, max_f), steps, dt, sample_freq
+        )
 
 
 def nri_simulate(

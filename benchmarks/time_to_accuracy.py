@@ -28,6 +28,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from set_lightning.files import append_jsonl, read_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: the data of every run: the N = 5 benchmark split (3000 / 2000 / 2000); the model files own the history
@@ -71,18 +73,10 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append whole lines and fsync (a killed study never leaves half a row)."""
-    with _lock, open(path, "a") as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append whole lines (the runner's threads take turns: rows of two runs never interleave)."""
+    with _lock:
+        append_jsonl(path, rows)
 
 
 def _run_spec(label: str, variant: dict, seed: int, run_dir: Path):
@@ -109,7 +103,7 @@ def run_unit(label: str, variant: dict, seed: int, budget_s: float, clock: str, 
     result = json.loads(result_file.read_text())
     config = {"variant": variant, "budget_s": budget_s, "clock": clock}
     rows = [{"model": label, "config": config, "seed": seed, "val_pos_mse": r.pop("pos_mse"), **r}
-            for r in _read_jsonl(run_dir / "curve.jsonl")]
+            for r in read_jsonl(run_dir / "curve.jsonl")]
     final = {"final": True, "model": label, "config": config, "seed": seed, "budget_s": budget_s,
              "n_params": result["n_params"], "epochs": result["epochs"], "best_epoch": result["best_epoch"],
              "best_val_pos_mse": result["best_val_pos_mse"], "test_pos_mse": result["test_pos_mse"],
@@ -160,7 +154,7 @@ def main() -> None:
             sys.exit(f"error: --models: unknown {sorted(unknown)}; allowed: {sorted(models)}")
         budget_s = opts.budget_min * 60
         out.parent.mkdir(parents=True, exist_ok=True)
-        done = {(r["model"], r["seed"], r["budget_s"]) for r in _read_jsonl(out.with_suffix(".jsonl")) if r.get("final")}
+        done = {(r["model"], r["seed"], r["budget_s"]) for r in read_jsonl(out.with_suffix(".jsonl")) if r.get("final")}
         todo = [(label, models[label], seed) for seed in opts.seeds for label in (opts.models or models)
                 if (label, seed, budget_s) not in done]
         print(f"{len(todo)} runs to do ({len(done)} finished), budget {budget_s:.0f} s each, {opts.parallel} at a time")

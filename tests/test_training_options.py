@@ -8,7 +8,6 @@ import time
 
 import lightning.pytorch as pl
 import pytest
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from set_lightning.callbacks import TimeBudget

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shlex
 import sys
 import time
@@ -16,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichModelSummary, RichProgressBar
 
-from set_lightning.files import write_text_atomic
+from set_lightning.files import append_jsonl, write_text_atomic
 
 from set_lightning.errors import UserError
 
@@ -98,8 +97,7 @@ class TimeBudget(Callback):
                         if k.startswith("val/")})
             self.curve.append(row)
             if self.curve_file:
-                with open(self.curve_file, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(self.curve_file, [row])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pause()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 
 import pytest
-import torch
 
 import set_lightning.models as models
 from set_lightning.models import MODELS, NBodyModel, build_model

@@ -12,6 +12,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from set_lightning.files import read_jsonl
+
 
 @dataclass
 class GroupStats:
@@ -304,14 +306,6 @@ def paired_markdown(rows: Sequence[dict[str, Any]], reference: str) -> str:
 TTA_THRESHOLDS = (0.0100, 0.0080, 0.0071)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def time_to_reach(curve: Sequence[dict[str, Any]], threshold: float) -> Optional[float]:
     """Training seconds at the first validation with ``val_pos_mse <= threshold`` (None: never)."""
     for row in sorted(curve, key=lambda r: r["train_s"]):
@@ -346,8 +340,8 @@ class Study:
 def load_study(out: str | Path) -> Study:
     """Read ``<out>.jsonl`` and ``<out>_per_traj.jsonl``."""
     out = Path(out)
-    rows = _read_rows(out.with_suffix(".jsonl"))
-    per_rows = _read_rows(out.parent / f"{out.name}_per_traj.jsonl")
+    rows = read_jsonl(out.with_suffix(".jsonl"))
+    per_rows = read_jsonl(out.parent / f"{out.name}_per_traj.jsonl")
     all_finals = [r for r in rows if r.get("final")]
     models = list(OrderedDict.fromkeys(r["model"] for r in all_finals))
     budget = {m: max(r["budget_s"] for r in all_finals if r["model"] == m) for m in models}
