@@ -14,7 +14,7 @@ from torchmetrics import MeanSquaredError
 
 from set_lightning.callbacks import TimeBudget
 from set_lightning.errors import UserError
-from set_lightning.models.base import NBodyModel
+from set_lightning.models.base import GraphModel, NBodyModel
 from set_lightning.models.registry import build_from_config
 
 Batch = dict[str, torch.Tensor]
@@ -135,7 +135,14 @@ class SETLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict ``(x_pred, v_pred)``, each ``(B, N, 3)``, from a batch dict."""
+        """Predict ``(x_pred, v_pred)``, each ``(B, N, 3)``, from a batch dict.
+
+        A :class:`~set_lightning.models.base.GraphModel` (SET, EGNN) also reads the samples' ``node_attr``
+        and ``edge_attr`` when they have them; the other models read ``charges`` only.
+        """
+        if isinstance(self.net, GraphModel):
+            extra = {k: batch[k] for k in ("node_attr", "edge_attr") if k in batch}
+            return self.net(batch["x"], batch["v"], batch["charges"], **extra)
         return self.net(batch["x"], batch["v"], batch["charges"])
 
     def losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,11 +16,12 @@ from torch import nn
 from model_helpers import random_inputs
 from set_lightning.models import EGCL, ETAL, SET
 from set_lightning.models.layers import (
-    EPS, PairLinear, VectorOut, add_outer_, gather_edges, gather_nodes, neighbour_index, sinusoidal_encoding,
+    EPS, Graph, PairLinear, VectorOut, add_outer_, gather_nodes, neighbour_index, sinusoidal_encoding,
 )
 
 
-def reference_egcl(layer: EGCL, h, x, v, edge_attr):
+def reference_egcl(layer: EGCL, h, x, v, edge_attr, adj=None):
+    """EGCL on dense (G, N, N) pair tensors, the edges those of ``adj`` (default: all i != j) by masking."""
     n = x.shape[-2]
     hn = h if layer.norm is None else layer.norm(h)
     diff = x.unsqueeze(-2) - x.unsqueeze(-3)
@@ -32,14 +33,17 @@ def reference_egcl(layer: EGCL, h, x, v, edge_attr):
     pre = pair.lin_a(hn).unsqueeze(-2) + pair.lin_b(hn).unsqueeze(-3) + pair.lin_e(e)
     m = layer.edge_out(pre)
     mask = ~torch.eye(n, dtype=torch.bool).unsqueeze(-1)
+    if adj is not None:
+        mask = mask & adj.unsqueeze(-1)
+    degree = mask.sum(-2, keepdim=True).clamp(min=1)
     if layer.att is not None:
-        a = layer.att(m).masked_fill(~mask, float("-inf")).softmax(dim=-2)
+        a = layer.att(m).masked_fill(~mask, float("-inf")).softmax(dim=-2).nan_to_num(0.0)  # no edges: no weight
         g, _, _, d = m.shape
         agg = (a.unsqueeze(-1) * m.view(g, n, n, layer.n_heads, d // layer.n_heads)).sum(-3).flatten(-2)
         w = a.mean(-1, keepdim=True)
     else:
         agg = (m * mask).sum(-2)
-        w = mask.to(m.dtype) / max(n - 1, 1)
+        w = mask.to(m.dtype) / degree
     x = x + layer.coords_weight * (w * layer.phi_x(m, diff.unsqueeze(-2))).sum(-2)
     if layer.phi_v is not None:
         x = x + layer.phi_v(hn, v.unsqueeze(-2))
@@ -121,7 +125,37 @@ def test_egcl_matches_dense_reference(flags, n):
     v = torch.randn(3, n, 3, generator=g, dtype=torch.float64, requires_grad=True)
     ea = torch.randn(3, n, n, 2, generator=g, dtype=torch.float64)
     params = list(layer.parameters())
-    _compare(lambda: layer(h, x, v, ea), lambda: reference_egcl(layer, h, x, v, ea), [h, x, v, *params])
+    complete = Graph.complete(n)
+    _compare(lambda: layer(h, x, v, complete.pick(ea)), lambda: reference_egcl(layer, h, x, v, ea),
+             [h, x, v, *params])
+
+
+@pytest.mark.parametrize("attention", [True, False])
+@pytest.mark.parametrize("kind", ["knn", "given"])
+def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(kind, attention):
+    """k-NN and given (padded, masked; one node without edges) graphs: values and gradients equal the
+    dense layer with the non-edges masked out."""
+    torch.manual_seed(0)
+    layer = EGCL(hidden=8, edge_dim=2, n_heads=2, attention=attention, pre_norm=True).double()
+    _randomise(layer)
+    g = torch.Generator().manual_seed(2)
+    n = 6
+    h = torch.randn(3, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ea = torch.randn(3, n, n, 2, generator=g, dtype=torch.float64)
+    if kind == "knn":
+        graph = Graph.knn(x.detach(), 2)
+        adj = torch.zeros(3, n, n, dtype=torch.bool).scatter_(-1, graph.index, True)
+        assert (adj.sum(-1) == 2).all() and not adj.diagonal(dim1=-2, dim2=-1).any()
+    else:
+        adj = torch.rand(3, n, n, generator=g) < 0.5
+        adj[:, 0, :] = False  # node 0 receives no message
+        graph = Graph.given(adj)
+        assert graph.k == int((adj & ~torch.eye(n, dtype=torch.bool)).sum(-1).max())
+    params = list(layer.parameters())
+    _compare(lambda: layer(h, x, v, graph.pick(ea), graph), lambda: reference_egcl(layer, h, x, v, ea, adj),
+             [h, x, v, *params])
 
 
 ETAL_FLAGS = [dict(zip(("equivariant", "adjacency", "norm_diff", "tanh"), c))
@@ -174,9 +208,12 @@ def test_pair_linear_is_a_linear_map_of_the_concatenation():
 
     torch.testing.assert_close(pair(a, b, [e, 2 * e]), dense(2 * e), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pair(a, b, [e, 0.5]), dense(torch.full_like(e, 0.5)), rtol=1e-12, atol=1e-12)
-    nb = neighbour_index(6)
-    torch.testing.assert_close(pair(a, b, [gather_edges(e, nb), 0.5], nb),
-                               gather_edges(dense(torch.full_like(e, 0.5)), nb), rtol=1e-12, atol=1e-12)
+    graph = Graph.complete(6)
+    torch.testing.assert_close(pair(a, b, [graph.pick(e), 0.5], graph.index),
+                               graph.pick(dense(torch.full_like(e, 0.5))), rtol=1e-12, atol=1e-12)
+    knn = Graph.knn(torch.randn(2, 6, 3, dtype=torch.float64), 3)  # one table per graph
+    torch.testing.assert_close(pair(a, b, [knn.pick(e), 0.5], knn.index),
+                               knn.pick(dense(torch.full_like(e, 0.5))), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="2 edge feature"):
         pair(a, b, [e])
 
@@ -199,7 +236,8 @@ def test_neighbour_gathers():
     z = torch.randn(2, n, 3)
     assert torch.equal(gather_nodes(z, nb)[:, 1, 2], z[:, nb[1, 2]])
     e = torch.randn(2, n, n, 3)
-    assert torch.equal(gather_edges(e, nb)[:, 3, 1], e[:, 3, nb[3, 1]])
+    assert torch.equal(Graph.complete(n).pick(e)[:, 3, 1], e[:, 3, nb[3, 1]])
+    assert torch.equal(Graph.complete(n).pick(e, repeat=3)[5, 3, 1], e[1, 3, nb[3, 1]])  # graph 5: sample 5 // 3
 
 
 @pytest.mark.parametrize("spatial_attention", [True, False])

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+from .layers import Graph
+
 
 class NBodyModel(nn.Module):
     """Base class of every model that the LightningModule can train.
@@ -72,6 +75,85 @@ class NBodyModel(nn.Module):
 
     @staticmethod
     def charges_per_frame(x: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
-        """``charges (B, N, 1)`` repeated over the frames of ``x (B, L, N, 3)``: ``(B, L, N, 1)``, x's dtype."""
+        """``charges (B, N, F)`` repeated over the frames of ``x (B, L, N, 3)``: ``(B, L, N, F)``, x's dtype."""
         b, ell, n, _ = x.shape
-        return charges.to(x.dtype).unsqueeze(1).expand(b, ell, n, 1)
+        return charges.to(x.dtype).unsqueeze(1).expand(b, ell, n, charges.shape[-1])
+
+
+#: the graphs a :class:`GraphModel` runs on
+GRAPHS = ("complete", "knn", "given")
+
+
+class GraphModel(NBodyModel):
+    """An :class:`NBodyModel` that reads per-node and per-pair attributes and runs on a graph.
+
+    Its ``forward(x, v, charges, *, node_attr=None, edge_attr=None)`` reads the node attributes
+    ``node_attr`` (``charges`` when there are none; column 0 is the charge or mass whose pair product
+    ``q_i q_j`` is an edge feature) and the pair attributes ``edge_attr`` (the spring graph, a file's
+    pair attributes). The graph, per frame:
+
+    * ``complete``: every pair ``i != j`` (the dense fast path);
+    * ``knn``: the ``k`` nearest other nodes by distance in that frame (E(n)-invariant, so equivariance
+      holds); cost grows as ``N k``;
+    * ``given``: the pairs whose pair attribute channel 0 is non-zero (e.g. the springs), padded to
+      the largest degree.
+
+    Shapes:
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)``, node_attr: ``(B, N, F)`` with ``F = node_dim``,
+        edge_attr: ``(B, N, N)`` or ``(B, N, N, E)`` with ``E = edge_dim`` -> x_pred, v_pred ``(B, N, 3)``.
+    """
+
+    def init_graph(self, *, graph: str, k: int, node_dim: int, edge_dim: int) -> None:
+        """Check and keep the graph options (called by the subclass's constructor)."""
+        if graph not in GRAPHS:
+            raise UserError(f"graph must be one of {list(GRAPHS)}, got {graph!r}")
+        if k < 1 or node_dim < 1 or edge_dim < 0:
+            raise UserError(f"k and node_dim must be >= 1 and edge_dim >= 0, got k={k}, node_dim={node_dim}, "
+                            f"edge_dim={edge_dim}")
+        self.graph, self.k, self.node_dim, self.edge_dim = graph, k, node_dim, edge_dim
+
+    def node_attributes(self, charges: torch.Tensor, node_attr: torch.Tensor | None) -> torch.Tensor:
+        """The node attributes the model reads: ``node_attr``, else ``charges``, ``(B, N, node_dim)``."""
+        attrs = charges if node_attr is None else node_attr
+        if attrs.shape[-1] != self.node_dim:
+            name = "charges" if node_attr is None else "node_attr"
+            raise UserError(f"model node_dim={self.node_dim} but the samples' {name} have {attrs.shape[-1]} "
+                            f"column(s); set model.net.init_args.node_dim={attrs.shape[-1]}")
+        return attrs
+
+    def pair_attributes(self, edge_attr: torch.Tensor | None) -> torch.Tensor | None:
+        """``edge_attr`` as ``(B, N, N, E)`` after checking it against ``edge_dim`` and ``graph``."""
+        if edge_attr is not None and edge_attr.dim() == 3:
+            edge_attr = edge_attr.unsqueeze(-1)
+        e = 0 if edge_attr is None else edge_attr.shape[-1]
+        if self.graph == "given" and edge_attr is None:
+            raise UserError("model graph='given' reads the graph from the samples' edge_attr, which these samples "
+                            f"lack; allowed graphs here: {[g for g in GRAPHS if g != 'given']}")
+        if e != self.edge_dim and not (self.graph == "given" and self.edge_dim == 0):
+            raise UserError(f"model edge_dim={self.edge_dim} but the samples carry {e} pair attribute channel(s) "
+                            f"(edge_attr); set model.net.init_args.edge_dim={e}")
+        return edge_attr
+
+    def graph_edges(
+        self, x: torch.Tensor, attrs: torch.Tensor, edge_attr: torch.Tensor | None, frames: int
+    ) -> tuple[Graph, torch.Tensor]:
+        """The graph of every frame and its edge features ``[q_i q_j, |x_i - x_j|^2, pair attributes]``.
+
+        Shapes: x ``(G, N, 3)`` with ``G = B * frames``, attrs ``(B, N, F)``, edge_attr ``(B, N, N, E)`` or
+        None -> a :class:`Graph` with ``K`` edges per node, edge features ``(G, N, K, 2 + edge_dim)``.
+        """
+        n = x.shape[-2]
+        if self.graph == "complete":
+            graph = Graph.complete(n, x.device)
+        elif self.graph == "knn":
+            if self.k > n - 1:
+                raise UserError(f"model k={self.k} nearest neighbours need N >= {self.k + 1} particles, got N={n}; "
+                                f"set model.net.init_args.k to 1..{max(n - 1, 1)} or graph='complete'")
+            graph = Graph.knn(x, self.k)
+        else:
+            graph = Graph.given(edge_attr[..., 0] != 0, repeat=frames)
+        q = attrs[..., :1].to(x.dtype).repeat_interleave(frames, 0)  # (G, N, 1)
+        cols = [q.unsqueeze(-2) * graph.gather(q), (x.unsqueeze(-2) - graph.gather(x)).square().sum(-1, keepdim=True)]
+        if self.edge_dim:
+            cols.append(graph.pick(edge_attr.to(x.dtype), repeat=frames))
+        return graph, torch.cat(cols, dim=-1)

@@ -1,4 +1,4 @@
-"""E(n)-equivariant graph convolution (Satorras et al. 2021) on dense, fully connected graphs."""
+"""E(n)-equivariant graph convolution (Satorras et al. 2021) on complete, k-nearest-neighbour or given graphs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, PairLinear, VectorOut, gather_edges, gather_nodes, neighbour_index
+from .layers import EPS, Graph, PairLinear, VectorOut
 
 TRANS_CLAMP = 100.0
 
@@ -14,7 +14,8 @@ TRANS_CLAMP = 100.0
 class EGCL(nn.Module):
     r"""One E(n)-equivariant graph convolutional layer with optional multi-head edge attention.
 
-    For every graph (the batch and time axes are folded together, ``G = B * L``), all pairs ``i != j``,
+    For every graph (the batch and time axes are folded together, ``G = B * L``) and its edges ``(i, j)``
+    (all pairs ``i != j`` of the complete graph, or a :class:`~set_lightning.models.layers.Graph`'s),
     in the steps of the forward (as EGNN's ``E_GCL``: ``edge_model``, ``coord_model``, ``node_model``)::
 
         coord2radial:    d_ij = x_i - x_j,  r_ij = |x_i - x_j|^2
@@ -25,15 +26,17 @@ class EGCL(nn.Module):
 
     With ``attention`` the weights are a softmax over ``j`` of an invariant score ``Linear(m_ij)`` (one per
     head; the message channels are split across heads, coordinates use the head-mean weight). Without
-    it, messages are summed and coordinate updates averaged over neighbours (exactly EGNN's choice).
+    it, messages are summed and coordinate updates averaged over neighbours (exactly EGNN's choice; on a
+    given graph, over each node's real neighbours).
     ``equivariant=False`` feeds the coordinate differences to ``phi_e`` and predicts ``phi_x`` and
     ``phi_v`` as raw 3-vectors (``MLP([m_ij, x_i - x_j])``, ``MLP([h_i, v_i])``): no longer rotation
     equivariant, still translation invariant. As in EGNN, the last layer of ``phi_x`` has no bias and is
     xavier-initialised with gain 0.001, and every coordinate message is clamped to +-100.
 
     Implementation (same function, fewer passes over the edge tensors, which dominate the cost): edges
-    are dense ``(G, N, K, .)`` tensors, ``K = N - 1``, holding only the real edges ``(i, (i + k + 1) % N)``
-    (no masked diagonal, 20 % less work at ``N = 5``); ``phi_e``'s first layer is a :class:`PairLinear`
+    are dense ``(G, N, K, .)`` tensors holding only the graph's edges (complete graph: ``K = N - 1``,
+    ``(i, (i + k + 1) % N)``, no masked diagonal, 20 % less work at ``N = 5``; k-NN: ``K = k``, so the
+    cost grows as ``N k``); ``phi_e``'s first layer is a :class:`PairLinear`
     (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
     gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product).
 
@@ -54,7 +57,8 @@ class EGCL(nn.Module):
 
     Shapes:
         h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)`` (None without ``velocity``), edge_attr:
-        ``(G, N, N, edge_dim)`` (the diagonal is ignored) -> h ``(G, N, H)``, x ``(G, N, 3)``.
+        ``(G, N, K, edge_dim)`` on the graph's edges (:meth:`Graph.pick` of a dense ``(G, N, N, edge_dim)``),
+        graph: a :class:`Graph` with ``K`` edges per node (default: complete) -> h ``(G, N, H)``, x ``(G, N, 3)``.
     """
 
     def __init__(
@@ -78,51 +82,52 @@ class EGCL(nn.Module):
         self.norm = nn.LayerNorm(hidden) if pre_norm else None
 
     def forward(
-        self, h: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None, edge_attr: torch.Tensor
+        self, h: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None, edge_attr: torch.Tensor,
+        graph: Graph | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        nb = neighbour_index(x.shape[-2], x.device)  # (N, K): the edges (i, nb[i, k])
+        graph = Graph.complete(x.shape[-2], x.device) if graph is None else graph
         hn = h if self.norm is None else self.norm(h)
-        diff, radial = self.coord2radial(x, nb)
-        m = self.edge_model(hn, radial, edge_attr, diff, nb)
-        w = self.edge_attention(m)
-        x = self.coord_model(x, v, hn, diff, m, w)
-        h = self.node_model(h, hn, m, w)
+        diff, radial = self.coord2radial(x, graph)
+        m = self.edge_model(hn, radial, edge_attr, diff, graph)
+        w = self.edge_attention(m, graph)
+        x = self.coord_model(x, v, hn, diff, m, w, graph)
+        h = self.node_model(h, hn, m, w, graph)
         return h, x
 
-    def coord2radial(self, x: torch.Tensor, nb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def coord2radial(self, x: torch.Tensor, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinate differences ``x_i - x_j`` (normalised with ``norm_diff``) and squared distances.
 
-        Shapes: x ``(G, N, 3)``, nb ``(N, K)`` -> diff ``(G, N, K, 3)``, radial ``(G, N, K, 1)``.
+        Shapes: x ``(G, N, 3)`` -> diff ``(G, N, K, 3)``, radial ``(G, N, K, 1)``.
         """
-        diff = x.unsqueeze(-2) - gather_nodes(x, nb)
+        diff = x.unsqueeze(-2) - graph.gather(x)
         radial = diff.square().sum(-1, keepdim=True)
         if self.norm_diff:
             diff = diff / (torch.sqrt(radial + EPS) + 1.0)
         return diff, radial
 
     def edge_model(
-        self, hn: torch.Tensor, radial: torch.Tensor, edge_attr: torch.Tensor, diff: torch.Tensor, nb: torch.Tensor
+        self, hn: torch.Tensor, radial: torch.Tensor, edge_attr: torch.Tensor, diff: torch.Tensor, graph: Graph
     ) -> torch.Tensor:
         """Messages ``m_ij = phi_e(h_i, h_j, r_ij, a_ij)`` (and ``d_ij`` with ``equivariant=False``).
 
-        Shapes: hn ``(G, N, H)``, radial ``(G, N, K, 1)``, edge_attr ``(G, N, N, edge_dim)``, diff
-        ``(G, N, K, 3)``, nb ``(N, K)`` -> ``(G, N, K, H)``.
+        Shapes: hn ``(G, N, H)``, radial ``(G, N, K, 1)``, edge_attr ``(G, N, K, edge_dim)``, diff
+        ``(G, N, K, 3)`` -> ``(G, N, K, H)``.
         """
-        cols = [radial, *gather_edges(edge_attr, nb).split(1, dim=-1)]
+        cols = [radial, *edge_attr.split(1, dim=-1)]
         if not self.equivariant:
             cols += diff.split(1, dim=-1)
-        return self.edge_out(self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], nb))
+        return self.edge_out(self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index))
 
-    def edge_attention(self, m: torch.Tensor) -> torch.Tensor | None:
-        """Attention weights over the neighbours, per head (None without ``attention``: plain sum / mean).
+    def edge_attention(self, m: torch.Tensor, graph: Graph) -> torch.Tensor | None:
+        """Attention weights over each node's edges, per head (None without ``attention``: plain sum / mean).
 
-        Shapes: m ``(G, N, K, H)`` -> ``(G, N, K, n_heads)``.
+        Shapes: m ``(G, N, K, H)`` -> ``(G, N, K, n_heads)`` (zero on a given graph's padding).
         """
-        return None if self.att is None else self.att(m).softmax(dim=-2)
+        return None if self.att is None else graph.softmax(self.att(m))
 
     def coord_model(
         self, x: torch.Tensor, v: torch.Tensor | None, hn: torch.Tensor, diff: torch.Tensor, m: torch.Tensor,
-        w: torch.Tensor | None,
+        w: torch.Tensor | None, graph: Graph,
     ) -> torch.Tensor:
         """``x_i + C sum_j w_ij d_ij phi_x(m_ij) + phi_v(h_i) v_i`` (mean over neighbours without attention).
 
@@ -139,12 +144,14 @@ class EGCL(nn.Module):
         if w is not None:
             x = x + self.coords_weight * (w.mean(-1, keepdim=True) * trans).sum(-2)
         else:
-            x = x + (self.coords_weight / max(x.shape[-2] - 1, 1)) * trans.sum(-2)
+            x = x + self.coords_weight * graph.masked(trans).sum(-2) / graph.degree()
         if self.phi_v is not None:
             x = x + self.phi_v(hn, v.unsqueeze(-2))
         return x
 
-    def node_model(self, h: torch.Tensor, hn: torch.Tensor, m: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    def node_model(
+        self, h: torch.Tensor, hn: torch.Tensor, m: torch.Tensor, w: torch.Tensor | None, graph: Graph
+    ) -> torch.Tensor:
         """``h_i + phi_h(h_i, sum_j w_ij m_ij)``: each head weighs its share of the message channels.
 
         Shapes: h, hn ``(G, N, H)``, m ``(G, N, K, H)``, w ``(G, N, K, n_heads)`` or None -> ``(G, N, H)``.
@@ -153,6 +160,6 @@ class EGCL(nn.Module):
             g, n, k, d = m.shape
             agg = (w.unsqueeze(-1) * m.view(g, n, k, self.n_heads, d // self.n_heads)).sum(-3).flatten(-2)
         else:
-            agg = m.sum(-2)
+            agg = graph.masked(m).sum(-2)
         out = self.node_mlp(torch.cat([hn, agg.to(hn.dtype)], dim=-1))
         return h + out if self.recurrent else out

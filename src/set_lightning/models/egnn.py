@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import NBodyModel
+from .base import GraphModel
 from .egcl import EGCL
 from .layers import VectorOut
 
 
-class EGNN(NBodyModel):
+class EGNN(GraphModel):
     r"""E(n)-equivariant GNN with velocity (``EGNN_vel``), on the last input frame only.
 
     Same layers as the reference: node feature ``|v|`` embedded to ``hidden``, edge attributes
@@ -33,10 +33,17 @@ class EGNN(NBodyModel):
         norm_diff: normalise coordinate differences (reference default False).
         tanh: bound the coordinate MLP with ``coords_range * tanh`` (reference default False).
         coords_range: bound used with ``tanh`` (reference behaviour: 1.0).
+        graph: ``complete`` (the reference), ``knn`` or ``given`` (by the samples' ``edge_attr``); see
+            :class:`~set_lightning.models.base.GraphModel`.
+        k: neighbours per node with ``graph="knn"``.
+        node_dim: node attribute columns (1: the charge, read through ``q_i q_j`` as in the reference;
+            further columns are embedded beside ``|v|``).
+        edge_dim: pair attribute channels read as edge features (1 for the springs' spring graph).
 
     Shapes:
-        x, v: ``(B, L, N, 3)`` (only the last frame is read), charges: ``(B, N, 1)`` -> x_pred, v_pred
-        ``(B, N, 3)``; inside, ``B`` graphs of ``N`` nodes with ``H`` features.
+        x, v: ``(B, L, N, 3)`` (only the last frame is read), charges: ``(B, N, 1)``, node_attr:
+        ``(B, N, node_dim)``, edge_attr: ``(B, N, N[, edge_dim])`` -> x_pred, v_pred ``(B, N, 3)``; inside,
+        ``B`` graphs of ``N`` nodes with ``H`` features and ``K`` edges per node.
     """
 
     equivariant = True
@@ -44,12 +51,13 @@ class EGNN(NBodyModel):
     def __init__(
         self, *, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, recurrent: bool = True,
         attention: bool = False, n_heads: int = 1, norm_diff: bool = False, tanh: bool = False,
-        coords_range: float = 1.0,
+        coords_range: float = 1.0, graph: str = "complete", k: int = 6, node_dim: int = 1, edge_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.embedding = nn.Linear(1, hidden)
+        self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
+        self.embedding = nn.Linear(node_dim, hidden)
         self.layers = nn.ModuleList(
-            EGCL(hidden=hidden, edge_dim=2, attention=attention, n_heads=n_heads, equivariant=True, velocity=True,
+            EGCL(hidden=hidden, edge_dim=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True, velocity=True,
                  norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
                  recurrent=recurrent)
             for _ in range(n_layers)
@@ -57,16 +65,17 @@ class EGNN(NBodyModel):
         self.head_v = VectorOut(d_in=hidden, n_vectors=2, d_hidden=hidden, equivariant=True)
 
     def forward(
-        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
+        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor, *, node_attr: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_inputs(x, v, charges)
         x0, v0 = x[:, -1], v[:, -1]
-        q = charges.to(x.dtype)
-        radial = ((x0.unsqueeze(-2) - x0.unsqueeze(-3)) ** 2).sum(-1, keepdim=True)
-        edge_attr = torch.cat([q.unsqueeze(-2) * q.unsqueeze(-3), radial], dim=-1)
-        h = self.embedding(torch.linalg.vector_norm(v0, dim=-1, keepdim=True))
+        attrs = self.node_attributes(charges, node_attr)
+        graph, edges = self.graph_edges(x0, attrs, self.pair_attributes(edge_attr), 1)
+        h = self.embedding(torch.cat([torch.linalg.vector_norm(v0, dim=-1, keepdim=True),
+                                      attrs[..., 1:].to(x.dtype)], dim=-1))
         xs = x0
         for layer in self.layers:
-            h, xs = layer(h, xs, v0, edge_attr)
+            h, xs = layer(h, xs, v0, edges, graph)
         v_pred = v0 + self.head_v(h, torch.stack([v0, xs - x0], dim=-2))
         return xs, v_pred

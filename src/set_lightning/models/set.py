@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import NBodyModel
+from .base import GraphModel
 from .egcl import EGCL
 from .etal import ETAL
-from .layers import VectorOut
+from .layers import Graph, VectorOut
 
 
 class SETBlock(nn.Module):
@@ -28,21 +28,22 @@ class SETBlock(nn.Module):
         tanh: bound the coordinate gates.
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward.
+        edge_dim: number of edge features of the EGCLs.
 
     Shapes:
-        h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, N, 2)`` with ``G = B * L``, batch: ``B``
-        -> h ``(G, N, H)``, x, u ``(G, N, 3)``.
+        h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_dim)`` on the edges of ``graph``
+        (``K`` per node) with ``G = B * L``, batch: ``B`` -> h ``(G, N, H)``, x, u ``(G, N, 3)``.
     """
 
     def __init__(
         self, *, hidden: int = 64, n_spatial_layers: int = 2, n_heads: int = 4, dropout: float = 0.1,
         equivariant: bool = True, spatial_attention: bool = True, temporal_attention: bool = True,
         adjacency: bool = False, norm_diff: bool = True, tanh: bool = True, coords_range: float = 15.0,
-        ff_mult: int = 2,
+        ff_mult: int = 2, edge_dim: int = 2,
     ) -> None:
         super().__init__()
         self.egcls = nn.ModuleList(
-            EGCL(hidden=hidden, edge_dim=2, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
+            EGCL(hidden=hidden, edge_dim=edge_dim, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
                  velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, pre_norm=True)
             for _ in range(n_spatial_layers)
         )
@@ -57,20 +58,23 @@ class SETBlock(nn.Module):
         )
 
     def forward(
-        self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int
+        self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int,
+        graph: Graph | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         for egcl in self.egcls:
-            h, x = egcl(h, x, u, edge_attr)
+            h, x = egcl(h, x, u, edge_attr, graph)
         if self.etal is not None:
             h, x, u = self.etal(h, x, u, batch)
         return h + self.ff(h), x, u
 
 
-class SET(NBodyModel):
+class SET(GraphModel):
     r"""Spacetime E(n)-Transformer: ``M`` blocks of (``K`` EGCL per frame -> ETAL -> FF), time-averaged.
 
-    Node features are ``|v|`` and the charge, edge attributes ``q_i q_j`` and ``|x_i - x_j|^2`` of each
-    frame (as in EGNN's N-body setup); the frames are folded into the batch (``B * L`` graphs). Each
+    Node features are ``|v|`` and the node attributes (the charge), edge attributes ``q_i q_j`` and
+    ``|x_i - x_j|^2`` of each frame (as in EGNN's N-body setup) and the samples' pair attributes; the
+    frames are folded into the batch (``B * L`` graphs) and the EGCLs run on each frame's graph
+    (complete, k nearest neighbours or given: :class:`~set_lightning.models.base.GraphModel`). Each
     frame carries a coordinate ``x(t)`` (updated by EGCL and ETAL) and a velocity ``u(t)`` (updated by
     ETAL). With ``hbar, ubar`` the time means of ``h, u`` and ``dx = mean_t(x_final(t) - x(t))``::
 
@@ -86,7 +90,7 @@ class SET(NBodyModel):
         * ``spatial_attention=False``: EGCL sums messages (EGNN) instead of softmax attention over ``j``.
         * ``temporal_attention=False``: no ETAL; frames only meet in the final time average.
         * ``adjacency=True``: ETAL of node ``i`` at frame ``t`` attends to every node ``j`` at every
-          frame ``s`` (memory ``O((L N)^2)`` per sample).
+          frame ``s`` (memory ``O((L N)^2)`` per sample; complete graph only).
 
     Args:
         hidden: feature width ``H``.
@@ -102,10 +106,15 @@ class SET(NBodyModel):
         tanh: bound the coordinate gates by ``coords_range * tanh`` (stabilises deep stacks).
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward layers.
+        graph: the EGCLs' graph per frame: ``complete``, ``knn`` or ``given`` (by the samples' ``edge_attr``).
+        k: neighbours per node with ``graph="knn"``.
+        node_dim: node attribute columns read (1: the charge; a file's ``node_attr`` may have more).
+        edge_dim: pair attribute channels read as edge features (1 for the springs' spring graph).
 
     Shapes:
-        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)`` -> x_pred, v_pred ``(B, N, 3)``; inside, the frames
-        are folded into the batch: ``G = B * L`` graphs of ``N`` nodes with ``H`` features.
+        x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)``, node_attr: ``(B, N, node_dim)``, edge_attr:
+        ``(B, N, N[, edge_dim])`` -> x_pred, v_pred ``(B, N, 3)``; inside, the frames are folded into the
+        batch: ``G = B * L`` graphs of ``N`` nodes with ``H`` features and ``K`` edges per node.
     """
 
     equivariant = True
@@ -114,20 +123,25 @@ class SET(NBodyModel):
         self, *, hidden: int = 64, n_blocks: int = 2, n_spatial_layers: int = 2, n_heads: int = 4,
         dropout: float = 0.1, equivariant: bool = True, spatial_attention: bool = True,
         temporal_attention: bool = True, adjacency: bool = False, norm_diff: bool = True, tanh: bool = True,
-        coords_range: float = 15.0, ff_mult: int = 2,
+        coords_range: float = 15.0, ff_mult: int = 2, graph: str = "complete", k: int = 6, node_dim: int = 1,
+        edge_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
+        if adjacency and graph != "complete":
+            raise UserError(f"adjacency=True attends to every node at every frame: it needs graph='complete', "
+                            f"got graph={graph!r}")
         if hidden < 1 or n_blocks < 1 or n_spatial_layers < 0 or n_heads < 1:
             raise UserError("hidden, n_blocks, n_heads must be >= 1 and n_spatial_layers >= 0")
         if hidden % n_heads:
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.equivariant = equivariant
-        self.embed = nn.Linear(2 if equivariant else 8, hidden)
+        self.embed = nn.Linear(1 + node_dim + (0 if equivariant else 6), hidden)
         self.blocks = nn.ModuleList(
             SETBlock(hidden=hidden, n_spatial_layers=n_spatial_layers, n_heads=n_heads, dropout=dropout,
                      equivariant=equivariant, spatial_attention=spatial_attention,
                      temporal_attention=temporal_attention, adjacency=adjacency, norm_diff=norm_diff, tanh=tanh,
-                     coords_range=coords_range, ff_mult=ff_mult)
+                     coords_range=coords_range, ff_mult=ff_mult, edge_dim=2 + edge_dim)
             for _ in range(n_blocks)
         )
         self.out_norm = nn.LayerNorm(hidden)
@@ -135,21 +149,21 @@ class SET(NBodyModel):
         self.head_v = VectorOut(d_in=hidden, n_vectors=2, d_hidden=hidden, equivariant=equivariant)
 
     def forward(
-        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor
+        self, x: torch.Tensor, v: torch.Tensor, charges: torch.Tensor, *, node_attr: torch.Tensor | None = None,
+        edge_attr: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.check_inputs(x, v, charges)
         b, ell, n, _ = x.shape
-        q = self.charges_per_frame(x, charges)
-        feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), q]
+        attrs = self.node_attributes(charges, node_attr)
+        pair = self.pair_attributes(edge_attr)
+        feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), self.charges_per_frame(x, attrs)]
         if not self.equivariant:
             feats += [x - x.mean(dim=2, keepdim=True), v]
         h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1)
-        radial = ((x.unsqueeze(-2) - x.unsqueeze(-3)) ** 2).sum(-1, keepdim=True)
-        edge_attr = torch.cat([q.unsqueeze(-2) * q.unsqueeze(-3), radial], dim=-1).reshape(b * ell, n, n, 2)
-
         xs, us = x.reshape(b * ell, n, 3), v.reshape(b * ell, n, 3)
+        graph, edges = self.graph_edges(xs, attrs, pair, ell)
         for block in self.blocks:
-            h, xs, us = block(h, xs, us, edge_attr, b)
+            h, xs, us = block(h, xs, us, edges, b, graph)
 
         hbar = self.out_norm(h.reshape(b, ell, n, -1).mean(1))
         dx = (xs.reshape(b, ell, n, 3) - x).mean(1)
