@@ -57,8 +57,8 @@ class EGNN(GraphModel):
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
         self.embedding = nn.Linear(node_dim, hidden)
         self.layers = nn.ModuleList(
-            EGCL(hidden=hidden, edge_dim=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True, velocity=True,
-                 norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
+            EGCL(hidden=hidden, edge_dim=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True,
+                 velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
                  recurrent=recurrent)
             for _ in range(n_layers)
         )

@@ -3,8 +3,8 @@ graphs (complete, k nearest neighbours, given) without self-edges.
 
 Axis symbols (the same in every model file): ``B`` batch, ``L`` history frames, ``N`` particles,
 ``H`` hidden width, ``G = B * L`` graphs (the frames folded into the batch), ``K`` neighbours of a
-node (``N - 1`` in the complete graph), ``R`` rows of ``T`` tokens in ETAL; generic helpers name the two sides of a pair tensor
-``P`` and ``Q``; ``*`` any leading axes.
+node (``N - 1`` in the complete graph), ``R`` rows of ``T`` tokens in ETAL; generic helpers name the two
+sides of a pair tensor ``P`` and ``Q``; ``*`` any leading axes.
 """
 
 from __future__ import annotations
