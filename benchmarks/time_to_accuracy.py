@@ -14,6 +14,12 @@ files alone.
     python benchmarks/time_to_accuracy.py --budget-min 10 --seeds 0 1 2 --parallel 2   # every model
     python benchmarks/time_to_accuracy.py --budget-min 10 --models EGNN "SET L=1"      # some of them
     python benchmarks/time_to_accuracy.py --report-only
+    python benchmarks/time_to_accuracy.py --study springs5 --budget-min 5 --parallel 1  # another system
+
+``--study`` picks the data and the models: ``nbody5`` (the charged benchmark, the default; results
+``results/time_to_accuracy.*``), ``springs5`` (the springs, their spring graph an edge attribute;
+``results/springs5.*``) or ``gravity100`` (SEGNN's 100-body gravity on a 6-nearest-neighbour graph;
+``results/gravity100.*``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from set_lightning.files import append_jsonl, read_jsonl
@@ -65,6 +72,54 @@ PREAMBLE = (
     "compute: CPU seconds of its own process, one torch thread, validation excluded (on an idle core this is "
     "wall-clock time). The plot `time_to_accuracy.png` shows validation MSE against those seconds."
 )
+
+
+@dataclass(frozen=True)
+class StudyDef:
+    """One study: its data files and overrides, its models, the report's sections and thresholds."""
+
+    data: list[str]
+    models: dict[str, dict]
+    sections: list
+    out: str  # results/<out>.jsonl, .md, .png
+    preamble: str
+    thresholds: tuple[float, ...] = (0.0100, 0.0080, 0.0071)
+    close_note: str = ""  # what the close-encounter columns mean ("" = the charged system's note)
+    data_overrides: dict = field(default_factory=dict)
+
+
+OTHER_CLOSE = "A trajectory is a *close encounter* when two bodies come nearer than 0.1 between the input and the target frame."
+KNN6 = {"model.net.init_args.graph": "knn", "model.net.init_args.k": 6}
+SPRING_EDGES = {"model.net.init_args.edge_dim": 1}  # the spring graph as an edge attribute, complete graph
+STUDIES = {
+    "nbody5": StudyDef(BENCHMARK_DATA, MODELS, SECTIONS, "time_to_accuracy", PREAMBLE),
+    "springs5": StudyDef(
+        ["conf/data/springs5.yaml"],
+        {"EGNN": {"config": "conf/egnn.yaml", **SPRING_EDGES}, "SET L=1": {**SET, **SPRING_EDGES, "data.history": 1}},
+        [("Springs (N = 5): SET against EGNN at equal training compute", ["EGNN", "SET L=1"], "EGNN")],
+        "springs5",
+        "Made by `python benchmarks/time_to_accuracy.py --study springs5`. The NRI / EGNN springs in 3-D, N = 5, "
+        "3000 / 2000 / 2000 trajectories, frame 30 -> 40; both models on the complete graph with the spring "
+        "graph as an edge attribute (`edge_dim: 1`), EGNN's recipe for EGNN, SET L=1 with the time-to-accuracy "
+        "recipe. Budgets are CPU seconds of one thread, validation excluded.",
+        thresholds=(0.01, 0.003, 0.001), close_note=OTHER_CLOSE,
+    ),
+    "gravity100": StudyDef(
+        ["conf/data/gravity100.yaml"],
+        {"EGNN kNN k=6": {"config": "conf/egnn.yaml", **KNN6},
+         "SET L=1 kNN k=6": {**SET, **KNN6, "data.history": 1}},
+        [("Gravity (N = 100, 6-NN graph): SET against EGNN at equal training compute",
+          ["EGNN kNN k=6", "SET L=1 kNN k=6"], "EGNN kNN k=6")],
+        "gravity100",
+        "Made by `python benchmarks/time_to_accuracy.py --study gravity100`. SEGNN's gravity benchmark (N = 100 "
+        "unit masses, softening 0.1, frame 30 -> 40) on the 6-nearest-neighbour graph of each frame, with a "
+        "training subset of 1000 trajectories and 500 for validation (a CPU budget sees fewer samples than "
+        "that) and SEGNN's 2000 test trajectories. Published (SEGNN paper, Table 1, trained on 10000): "
+        "SEGNN 0.265 position MSE. Budgets are CPU seconds of one thread, validation excluded.",
+        thresholds=(1.0, 0.5, 0.265), close_note=OTHER_CLOSE,
+        data_overrides={"data.n_train": 1000, "data.n_val": 500},
+    ),
+}
 COMMON = {"trainer.max_epochs": -1, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 _lock = threading.Lock()
 
@@ -79,19 +134,21 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
         append_jsonl(path, rows)
 
 
-def _run_spec(label: str, variant: dict, seed: int, run_dir: Path):
-    """The worker's spec of one (model, seed): the model's variant plus COMMON, from the repository."""
+def _run_spec(study: StudyDef, label: str, variant: dict, seed: int, run_dir: Path):
+    """The worker's spec of one (model, seed): the study's data, the model's variant and COMMON."""
     from set_lightning.experiments.spec import variant_run
 
-    return variant_run(variant, _slug(label), seed, run_dir, REPO, base=BENCHMARK_DATA, overrides=COMMON)
+    return variant_run(variant, _slug(label), seed, run_dir, REPO, base=study.data,
+                       overrides={**COMMON, **study.data_overrides})
 
 
-def run_unit(label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path, runs: Path) -> str:
+def run_unit(study: StudyDef, label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path,
+             runs: Path) -> str:
     """Train, test and record one (model, seed); returns a one-line status."""
     run_dir = runs / _slug(label) / f"seed_{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
-    _run_spec(label, variant, seed, run_dir).save()  # run_dir/run.json: what the worker runs
+    _run_spec(study, label, variant, seed, run_dir).save()  # run_dir/run.json: what the worker runs
     cmd = [sys.executable, __file__, "--worker", str(run_dir), "--budget-s", str(budget_s), "--clock", clock]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -136,7 +193,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="labels to run (default: all)")
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--out", help="results file stem (default results/time_to_accuracy)")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="nbody5", help="the data and models (default nbody5)")
+    parser.add_argument("--out", help="results file stem (default results/<the study's name>)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -146,9 +204,10 @@ def main() -> None:
 
     from set_lightning.experiments.report import time_to_accuracy_report
 
-    out = Path(opts.out).resolve() if opts.out else REPO / "results" / "time_to_accuracy"
+    study = STUDIES[opts.study]
+    out = Path(opts.out).resolve() if opts.out else REPO / "results" / study.out
     if not opts.report_only:
-        models = MODELS
+        models = study.models
         unknown = set(opts.models or []) - set(models)
         if unknown:
             sys.exit(f"error: --models: unknown {sorted(unknown)}; allowed: {sorted(models)}")
@@ -158,15 +217,16 @@ def main() -> None:
         todo = [(label, models[label], seed) for seed in opts.seeds for label in (opts.models or models)
                 if (label, seed, budget_s) not in done]
         print(f"{len(todo)} runs to do ({len(done)} finished), budget {budget_s:.0f} s each, {opts.parallel} at a time")
-        _prepare_data(todo)
+        _prepare_data(study, todo)
         runs = REPO / "runs" / out.name
         with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
-            for status in pool.map(lambda t: run_unit(t[0], t[1], t[2], budget_s, opts.clock, out, runs), todo):
+            for status in pool.map(lambda t: run_unit(study, *t, budget_s, opts.clock, out, runs), todo):
                 print(status, flush=True)
-    time_to_accuracy_report(out, SECTIONS, PREAMBLE)
+    time_to_accuracy_report(out, study.sections, study.preamble, study.thresholds,
+                            **({"close_note": study.close_note} if study.close_note else {}))
 
 
-def _prepare_data(todo: list) -> None:
+def _prepare_data(study: StudyDef, todo: list) -> None:
     """Simulate the benchmark splits once, before the runs start side by side."""
     if not todo:
         return
@@ -174,7 +234,7 @@ def _prepare_data(todo: list) -> None:
 
     os.chdir(REPO)
     for label, variant, seed in todo[:1]:
-        args = _run_spec(label, variant, seed, REPO / "runs" / "prepare").cli_args()
+        args = _run_spec(study, label, variant, seed, REPO / "runs" / "prepare").cli_args()
         make_cli(args=[*args, "--trainer.logger=false"], run=False).datamodule.prepare_data()
 
 

@@ -368,8 +368,19 @@ def _mean(study: Study, m: str, key: str, spec: str = ".5f") -> str:
     return format(float(np.mean(vals)), spec) if vals else "–"
 
 
-def study_section(study: Study, title: str, models: Sequence[str], reference: str) -> list[str]:
-    """Markdown tables for ``models`` (those with finished runs), compared with ``reference``."""
+#: what the close-encounter columns mean on the charged system
+CHARGED_CLOSE_NOTE = ("A trajectory is a *close encounter* when two particles come nearer than 0.1 (where the Coulomb "
+                      "force reaches the simulator's clip value) in a saved frame between the input and the target "
+                      "frame; the others are *calm*.")
+
+
+def study_section(study: Study, title: str, models: Sequence[str], reference: str,
+                  thresholds: Sequence[float] = TTA_THRESHOLDS, close_note: str = CHARGED_CLOSE_NOTE) -> list[str]:
+    """Markdown tables for ``models`` (those with finished runs), compared with ``reference``.
+
+    ``thresholds``: the validation MSEs whose time to reach is tabled; ``close_note``: what the
+    close-encounter columns mean for this system.
+    """
     models = [m for m in models if m in study.finals]
     if not models:
         return []
@@ -387,14 +398,14 @@ def study_section(study: Study, title: str, models: Sequence[str], reference: st
         f"std over seeds. Welch p: two-sided, against {ref}, across seeds (Benjamini-Hochberg adjusted in "
         "brackets).",
         "",
-        "| model | params | seeds | budget s | epochs | " + " | ".join(f"s to val {t}" for t in TTA_THRESHOLDS)
+        "| model | params | seeds | budget s | epochs | " + " | ".join(f"s to val {t}" for t in thresholds)
         + f" | plateau | best val MSE | test pos MSE | Welch p vs {ref} (BH) |",
-        "|" + "---|" * (9 + len(TTA_THRESHOLDS)),
+        "|" + "---|" * (9 + len(thresholds)),
     ]
     for m in models:
         seeds = study.curves[m]
         reach = []
-        for t in TTA_THRESHOLDS:
+        for t in thresholds:
             times = [time_to_reach(c, t) for c in seeds.values()]
             got = [x for x in times if x is not None]
             reach.append(f"{np.mean(got):.0f} ({len(got)}/{len(times)})" if got else f"– (0/{len(times)})")
@@ -409,9 +420,7 @@ def study_section(study: Study, title: str, models: Sequence[str], reference: st
     lines += [
         "",
         "Where the error lives: the distribution of the per-trajectory test MSE (each statistic averaged over "
-        "seeds). A trajectory is a *close encounter* when two particles come nearer than 0.1 (where the Coulomb "
-        "force reaches the simulator's clip value) in a saved frame between the input and the target frame; "
-        "the others are *calm*.",
+        "seeds). " + close_note,
         "",
         "| model | mean | median | p90 | p99 | max | calm | close encounters | close share |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -445,7 +454,8 @@ def study_section(study: Study, title: str, models: Sequence[str], reference: st
 
 
 def time_to_accuracy_report(out: str | Path, sections: Sequence[tuple[str, Sequence[str], str]],
-                            preamble: str = "") -> str:
+                            preamble: str = "", thresholds: Sequence[float] = TTA_THRESHOLDS,
+                            close_note: str = CHARGED_CLOSE_NOTE) -> str:
     """Write ``<out>.md`` (one :func:`study_section` per ``(title, models, reference)``) and ``<out>.png``."""
     out = Path(out)
     study = load_study(out)
@@ -454,15 +464,16 @@ def time_to_accuracy_report(out: str | Path, sections: Sequence[tuple[str, Seque
         return ""
     lines = [f"# Time to accuracy ({out.name})", ""] + ([preamble, ""] if preamble else [])
     for title, models, reference in sections:
-        lines += study_section(study, title, models, reference)
+        lines += study_section(study, title, models, reference, thresholds, close_note)
     text = "\n".join(lines)
     out.with_suffix(".md").write_text(text)
-    _plot_curves(study.curves, out.with_suffix(".png"), out.name)
+    _plot_curves(study.curves, out.with_suffix(".png"), out.name, thresholds)
     print(text)
     return text
 
 
-def _plot_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str) -> None:
+def _plot_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str,
+                 thresholds: Sequence[float] = TTA_THRESHOLDS) -> None:
     """Validation MSE against training seconds (log-log): mean over seeds, band = min..max."""
     import matplotlib
 
@@ -487,7 +498,7 @@ def _plot_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path,
         vals = np.array(vals)
         line, = ax.plot(grid, vals.mean(0), label=f"{m} ({len(seeds)} seeds)")
         ax.fill_between(grid, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
-    for t in TTA_THRESHOLDS:
+    for t in thresholds:
         ax.axhline(t, color="grey", lw=0.5, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
