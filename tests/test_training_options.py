@@ -1,4 +1,4 @@
-"""Training options: warm-up, cosine to the end of training, and the TimeBudget callback."""
+"""Training options: warm-up, cosine to the end of training, an EMA of the weights, and the TimeBudget callback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import lightning.pytorch as pl
 import pytest
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from set_lightning.callbacks import TimeBudget
 from set_lightning.data import NBodyDataModule
@@ -55,6 +55,30 @@ def test_cosine_is_stepped_per_batch_to_the_last_step(dm):
     total = 12  # 3 epochs x 4 batches
     expected = [1e-2 * min(1, (k + 1) / 2) * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
     assert log.lrs == pytest.approx(expected)
+
+
+class WeightLog(Callback):
+    """Records Linear's one weight after every optimiser step (before any averaging callback acts)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.values.append(pl_module.net.time.item())
+
+
+def test_ema_of_the_weights_is_what_training_leaves(dm):
+    """``--trainer.callbacks+=EMAWeightAveraging``: the trained weights are the exponential moving average
+    of the per-step weights (from the first step), not the last step's."""
+    log = WeightLog()
+    module = SETLightningModule(build_model("linear"), lr=1e-2)
+    _fit(dm, module, [log, EMAWeightAveraging(decay=0.5)], max_epochs=2)
+    ema = log.values[0]
+    for value in log.values[1:]:
+        ema = 0.5 * ema + 0.5 * value
+    assert len(log.values) == 8
+    assert module.net.time.item() == pytest.approx(ema, abs=1e-6)
+    assert abs(module.net.time.item() - log.values[-1]) > 1e-4
 
 
 def test_bad_training_options_name_the_field():
