@@ -75,6 +75,8 @@ def kill_after_first_result(cmd: list[str], cwd: Path, out: Path, timeout: float
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(out.rglob("result.json"))
+
+
 def readonly_dir(tmp_path: Path) -> Path:
     """A folder nothing can be created in: a 0o555 folder, or, for root (whom permission bits do not
     stop), a path under /sys (sysfs refuses new files to everyone)."""

@@ -184,9 +184,19 @@ def test_ablation_file_expands_to_runs_that_parse(path, parser, tmp_path):
 def test_benchmark_scripts_train_on_the_benchmark_split(parser, tmp_path):
     from benchmarks import time_to_accuracy as tta
 
-    for label, variant in tta.MODELS.items():
-        cfg = _parse(parser, tta._run_spec(label, variant, 0, tmp_path / "run").cli_args())
-        assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_particles) == (3000, 2000, 2000, 5)
-        expected = 10 if "L=10" in label else 1 if "EGNN" in label or "L=1 " in label + " " else 5
-        assert cfg.data.history == expected, label
-    assert {m for _, models, _ in tta.SECTIONS for m in models} == set(tta.MODELS)
+    expected_data = {"nbody5": ("charged", 3000, 2000, 2000, 5), "springs5": ("springs", 3000, 2000, 2000, 5),
+                     "gravity100": ("gravity", 1000, 500, 2000, 100)}
+    assert set(tta.STUDIES) == set(expected_data)
+    for name, study in tta.STUDIES.items():
+        for label, variant in study.models.items():
+            cfg = _parse(parser, tta._run_spec(study, label, variant, 0, tmp_path / "run").cli_args())
+            data = (cfg.data.system, cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_particles)
+            assert data == expected_data[name], (name, label)
+            history = 10 if "L=10" in label else 1 if "EGNN" in label or "L=1" in label else 5
+            assert cfg.data.history == history, label
+            net = cfg.model.net.init_args
+            if name == "springs5":
+                assert net.edge_dim == 1, label  # the spring graph reaches the model
+            if name == "gravity100":
+                assert (net.graph, net.k) == ("knn", 6), label
+        assert {m for _, models, _ in study.sections for m in models} == set(study.models), name

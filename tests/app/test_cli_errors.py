@@ -81,7 +81,9 @@ def test_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path, data_cache):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.Popen(
         [sys.executable, "-m", "set_lightning", "fit", *tiny_args(data_cache), "--trainer.max_epochs=1000"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as from a terminal: Ctrl-C's default disposition (a shell's background job would inherit "ignored")
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "runs" / "quick" / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while time.time() < deadline and not last.is_file() and proc.poll() is None:

@@ -33,6 +33,10 @@ def test_ddp_two_cpu_processes(tmp_path, data_cache):
     # 48 training samples, batch 16, sharded over 2 ranks -> 2 optimiser steps in epoch 0 on each rank
     # (a single process would take 3).
     assert _final_state(last) == (0, 2)
+    # rank 0 alone reports and writes the config and metrics (the collective calls behind them matched)
+    assert res.stdout.count("run directory:") == 1
+    run = last.parent.parent
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.yaml"] and (run / "metrics.csv").is_file()
 
 
 def test_bf16_mixed_precision_on_cpu(tmp_path, data_cache):
@@ -62,9 +66,13 @@ def test_resume_after_crash_finishes_with_same_epoch_count(tmp_path, data_cache)
     ckpts = list((crash_dir / "runs").rglob("last.ckpt"))
     assert ckpts and _final_state(ckpts[0])[1] < expected[1]  # it stopped early
 
+    config = (ckpts[0].parent.parent / "config.yaml").read_bytes()
     resumed = run_cli(["fit", *args, "--ckpt_path=last"], cwd=crash_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states" in resumed.stdout + resumed.stderr
+    # the run's config.yaml is kept; the resumed invocation is saved beside it
+    assert (ckpts[0].parent.parent / "config.yaml").read_bytes() == config
+    assert (ckpts[0].parent.parent / "config_resume_1.yaml").is_file()
     # it continued the crashed run in its own folder, and ended where the uninterrupted run ended
     assert list((crash_dir / "runs").rglob("last.ckpt")) == ckpts
     assert _final_state(ckpts[0]) == expected

@@ -74,11 +74,3 @@ def test_springs_graph_reaches_the_model_or_a_one_line_error_says_how(tmp_path, 
     res = run_cli([*base, "--model.net.graph=given", "--model.net.edge_dim=1"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert list((tmp_path / "runs").rglob("last.ckpt"))
-
-
-def test_gravity_trains_on_a_knn_graph(tmp_path, data_cache):
-    res = run_cli(["fit", *tiny_args(data_cache), "--data.system=gravity", "--data.n_particles=8",
-                   "--model.net.graph=knn", "--model.net.k=3", "--trainer.max_epochs=1"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    hparams = next((tmp_path / "runs").rglob("config.yaml")).read_text()
-    assert "graph: knn" in hparams and "k: 3" in hparams

@@ -29,27 +29,27 @@ def _env() -> dict:
 
 def test_kill_after_the_first_finished_run_then_resume_redoes_nothing(tmp_path, data_cache):
     spec = write_spec(tmp_path, {
-        "name": "tiny", "seeds": [0, 1], "reference": "fast",
+        "name": "tiny", "seeds": [0], "reference": "fast",
         "overrides": {**TINY, "data.cache_dir": str(data_cache)},
         "variants": {"fast": {}, "slow": {"trainer.max_epochs": 6}},
     })
     out = tmp_path / "runs"
-    # submit all four runs (four local jobs at once); kill the sweep and its jobs when one has finished
+    # submit both runs (two local jobs at once); kill the sweep and its jobs when the fast one has finished
     finished = kill_after_first_result(_sweep(spec, out), tmp_path, out)
-    assert 1 <= len(finished) < 4, "the sweep finished before it could be killed"
+    assert len(finished) == 1, "the sweep finished before it could be killed"
     before = {p: p.stat().st_mtime_ns for p in finished}
     jobs = {p.parent: read_job(p.parent)["job_id"] for p in out.rglob("job.json")}
-    assert len(jobs) == 4  # every run was submitted, with its job recorded
+    assert len(jobs) == 2  # every run was submitted, with its job recorded
 
     res = subprocess.run(_sweep(spec, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    assert f"{len(finished)} finished, {4 - len(finished)} to run" in res.stdout
+    assert "1 finished, 1 to run" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in finished} == before  # finished runs were not redone
     for run_dir, job_id in jobs.items():  # only the unfinished runs were submitted again
         again = read_job(run_dir)["job_id"] != job_id
         assert again == (run_dir / "result.json" not in before)
     rows = [json.loads(line) for line in (out / "tiny" / "results.jsonl").read_text().splitlines()]
-    assert sorted((r["variant"], r["seed"]) for r in rows) == [("fast", 0), ("fast", 1), ("slow", 0), ("slow", 1)]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("fast", 0), ("slow", 0)]
     assert all(0 < r["test_pos_mse"] < 10 for r in rows)
     assert "| slow |" in (out / "tiny" / "report.md").read_text()
 
