@@ -106,7 +106,7 @@ STUDIES = {
         "3000 / 2000 / 2000 trajectories, frame 30 -> 40; both models on the complete graph with the spring "
         "graph as an edge attribute (`edge_dim: 1`), EGNN's recipe for EGNN, SET L=1 with the time-to-accuracy "
         "recipe. Budgets are CPU seconds of one thread, validation excluded.",
-        thresholds=(0.01, 0.003, 0.001), close_note=OTHER_CLOSE,
+        thresholds=(1e-5, 1e-6, 1e-7), close_note=OTHER_CLOSE,
     ),
     "gravity100": StudyDef(
         ["conf/data/gravity100.yaml"],
