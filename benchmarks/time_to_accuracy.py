@@ -93,13 +93,13 @@ class StudyDef:
 
 
 OTHER_CLOSE = "A trajectory is a *close encounter* when two bodies come nearer than 0.1 between the input and the target frame."
-KNN6 = {"model.net.init_args.graph": "knn", "model.net.init_args.k": 6}
-SPRING_EDGES = {"model.net.init_args.edge_dim": 1}  # the spring graph as an edge attribute, complete graph
 STUDIES = {
     "nbody5": StudyDef(BENCHMARK_DATA, MODELS, SECTIONS, "time_to_accuracy", PREAMBLE),
     "springs5": StudyDef(
         ["conf/data/springs5.yaml"],
-        {"EGNN": {"config": "conf/egnn.yaml", **SPRING_EDGES}, "SET L=1": {**SET, **SPRING_EDGES, "data.history": 1}},
+        # the spring graph as an edge attribute on the complete graph (conf/graph/edge_attr.yaml)
+        {"EGNN": {"config": ["conf/egnn.yaml", "conf/graph/edge_attr.yaml"]},
+         "SET L=1": {**SET, "config": ["conf/set.yaml", "conf/graph/edge_attr.yaml"], "data.history": 1}},
         [("Springs (N = 5): SET against EGNN at equal training compute", ["EGNN", "SET L=1"], "EGNN")],
         "springs5",
         "Made by `python benchmarks/time_to_accuracy.py --study springs5`. The NRI / EGNN springs in 3-D, N = 5, "
@@ -110,8 +110,8 @@ STUDIES = {
     ),
     "gravity100": StudyDef(
         ["conf/data/gravity100.yaml"],
-        {"EGNN kNN k=6": {"config": "conf/egnn.yaml", **KNN6},
-         "SET L=1 kNN k=6": {**SET, **KNN6, "data.history": 1}},
+        {"EGNN kNN k=6": {"config": ["conf/egnn.yaml", "conf/graph/knn6.yaml"]},
+         "SET L=1 kNN k=6": {**SET, "config": ["conf/set.yaml", "conf/graph/knn6.yaml"], "data.history": 1}},
         [("Gravity (N = 100, 6-NN graph): SET against EGNN at equal training compute",
           ["EGNN kNN k=6", "SET L=1 kNN k=6"], "EGNN kNN k=6")],
         "gravity100",

@@ -22,6 +22,7 @@ CONF_FILES = sorted(CONF_DIR.rglob("*.yaml"))
 MODEL_FILES = sorted(CONF_DIR.glob("*.yaml"))
 MODEL_FILES.remove(CONF_DIR / "defaults.yaml")
 DATA_FILES = sorted((CONF_DIR / "data").glob("*.yaml"))
+GRAPH_FILES = sorted((CONF_DIR / "graph").glob("*.yaml"))
 ABLATION_FILES = sorted((REPO / "ablations").glob("*.yaml"))
 #: model file -> (class, history, parameters at the file's size)
 MODELS = {"set": ("SET", 10, 228265), "egnn": ("EGNN", 1, 138310), "mlp": ("MLP", 10, 8518),
@@ -103,6 +104,9 @@ def test_config_files_have_one_owner_per_value():
     for path in DATA_FILES:
         keys = set(_leaves(yaml.safe_load(path.read_text())))
         assert keys and all(k.startswith("data.") for k in keys) and "data.history" not in keys, path.name
+    for path in GRAPH_FILES:  # the graph group: how SET and EGNN see the bodies' interactions, nothing else
+        keys = set(_leaves(yaml.safe_load(path.read_text())))
+        assert keys and keys <= {f"model.net.init_args.{k}" for k in ("graph", "k", "edge_dim", "node_dim")}, path.name
     defaults = set(_leaves(yaml.safe_load(DEFAULT_CONFIGS[0].read_text())))
     assert {k for k in defaults if k.startswith("data.")} == {"data.history"}
 
@@ -200,3 +204,24 @@ def test_benchmark_scripts_train_on_the_benchmark_split(parser, tmp_path):
             if name == "gravity100":
                 assert (net.graph, net.k) == ("knn", 6), label
         assert {m for _, models, _ in study.sections for m in models} == set(study.models), name
+
+
+GRAPH_DATA = {"knn6": ["--data.n_particles=8"], "edge_attr": ["--data.system=springs"],
+              "given": ["--data.system=springs"]}
+
+
+@pytest.mark.parametrize("model", ["set", "egnn"])
+@pytest.mark.parametrize("graph", [p.stem for p in GRAPH_FILES])
+def test_graph_file_trains_one_step(graph, model, data_cache, tmp_path, monkeypatch):
+    """Each graph file with SET and EGNN on data it fits (k-NN: 8 bodies; the springs' graph files: springs)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", f"conf/{model}.yaml", "--config", f"conf/graph/{graph}.yaml", *GRAPH_DATA[graph],
+            "--model.net.init_args.hidden=8", "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--data.history=2",
+            "--data.n_train=4", "--data.n_val=4", "--data.n_test=4", "--data.batch_size=4",
+            f"--data.cache_dir={data_cache}"]
+    cli, _ = _quiet(lambda: make_cli(args))
+    assert cli.trainer.global_step == 1
+    expected = yaml.safe_load((CONF_DIR / "graph" / f"{graph}.yaml").read_text())["model"]["net"]["init_args"]
+    assert {k: getattr(cli.model.net, k) for k in expected} == expected
+
