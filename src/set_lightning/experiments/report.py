@@ -358,14 +358,21 @@ def load_study(out: str | Path) -> Study:
     return Study(finals, curves, per_traj, budget)
 
 
+def _small(x: float) -> str:
+    """Five decimals, or three significant digits for values below 1e-3 (the springs' errors are ~1e-7)."""
+    return f"{x:.5f}" if x == 0 or abs(x) >= 1e-3 or not np.isfinite(x) else f"{x:.3g}"
+
+
 def _mean_std(study: Study, m: str, key: str) -> str:
     vals = [r[key] for r in study.finals[m] if r.get(key) is not None]
-    return f"{np.mean(vals):.5f} ± {_std(vals):.5f}" if len(vals) > 1 else (f"{vals[0]:.5f}" if vals else "–")
+    return f"{_small(np.mean(vals))} ± {_small(_std(vals))}" if len(vals) > 1 else (_small(vals[0]) if vals else "–")
 
 
-def _mean(study: Study, m: str, key: str, spec: str = ".5f") -> str:
+def _mean(study: Study, m: str, key: str, spec: str = "") -> str:
     vals = [r[key] for r in study.finals[m] if r.get(key) is not None]
-    return format(float(np.mean(vals)), spec) if vals else "–"
+    if not vals:
+        return "–"
+    return format(float(np.mean(vals)), spec) if spec else _small(float(np.mean(vals)))
 
 
 #: what the close-encounter columns mean on the charged system
@@ -429,7 +436,7 @@ def study_section(study: Study, title: str, models: Sequence[str], reference: st
         lines.append(
             f"| {m} | {_mean(study, m, 'test_pos_mse')} | {_mean(study, m, 'test_pos_mse_median')} | "
             f"{_mean(study, m, 'test_pos_mse_p90')} | {_mean(study, m, 'test_pos_mse_p99')} | "
-            f"{_mean(study, m, 'test_pos_mse_max', '.4f')} | {_mean(study, m, 'test_pos_mse_calm')} | "
+            f"{_mean(study, m, 'test_pos_mse_max')} | {_mean(study, m, 'test_pos_mse_calm')} | "
             f"{_mean(study, m, 'test_pos_mse_close')} | {_mean(study, m, 'test_close_frac', '.3f')} |"
         )
     paired = {m: paired_comparison(study.per_traj[m], study.per_traj[ref]) for m in models
