@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from set_lightning.experiments.report import CHARGED_CLOSE_NOTE, TTA_THRESHOLDS, time_to_accuracy_report
 from set_lightning.files import append_jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +88,8 @@ class StudyDef:
     sections: list
     out: str  # results/<out>.jsonl, .md, .png
     preamble: str
-    thresholds: tuple[float, ...] = (0.0100, 0.0080, 0.0071)
-    close_note: str = ""  # what the close-encounter columns mean ("" = the charged system's note)
+    thresholds: tuple[float, ...] = TTA_THRESHOLDS
+    close_note: str = CHARGED_CLOSE_NOTE  # what the close-encounter columns mean for this system
     data_overrides: dict = field(default_factory=dict)
 
 
@@ -206,8 +207,6 @@ def main() -> None:
         worker(opts.worker, opts.budget_s, opts.clock)
         return
 
-    from set_lightning.experiments.report import time_to_accuracy_report
-
     study = STUDIES[opts.study]
     out = Path(opts.out).resolve() if opts.out else REPO / "results" / study.out
     if not opts.report_only:
@@ -226,8 +225,7 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
             for status in pool.map(lambda t: run_unit(study, *t, budget_s, opts.clock, out, runs), todo):
                 print(status, flush=True)
-    time_to_accuracy_report(out, study.sections, study.preamble, study.thresholds,
-                            **({"close_note": study.close_note} if study.close_note else {}))
+    time_to_accuracy_report(out, study.sections, study.preamble, study.thresholds, study.close_note)
 
 
 def _prepare_data(study: StudyDef, todo: list) -> None:

@@ -247,8 +247,8 @@ class Graph:
       largest degree ``K`` and masked.
 
     Edge tensors hold ``(G, N, K, .)`` values; memory and time grow as ``N K``. Padded edges point at
-    a real node (their values are finite) and are removed by :meth:`masked`, :meth:`softmax` and
-    :meth:`mean`.
+    a real node (their values are finite) and are removed by :meth:`masked` and :meth:`softmax`, and not
+    counted by :meth:`degree`.
 
     Shapes:
         index: ``(N, K)`` or ``(G, N, K)``; mask: ``(G, N, K, 1)`` (bool) or None.
@@ -256,7 +256,7 @@ class Graph:
 
     def __init__(self, index: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         self.index, self.mask = index, mask
-        self.n_nodes, self.k = index.shape[-2], index.shape[-1]
+        self.k = index.shape[-1]
 
     @classmethod
     def complete(cls, n: int, device: torch.device | None = None) -> "Graph":
