@@ -64,9 +64,10 @@ def write_spec(folder: Path, spec: dict) -> Path:
     return path
 
 
-def kill_after_first_result(cmd: list[str], cwd: Path, out: Path, timeout: float = 300) -> list[Path]:
+def kill_after_first_result(cmd: list[str], cwd: Path, out: Path, timeout: float = 300,
+                            env: dict | None = None) -> list[Path]:
     """Start a sweep, SIGKILL it and every process it started once a run has finished; the results so far."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
@@ -97,3 +98,8 @@ def readonly_dir(tmp_path: Path) -> Path:
 def error_lines(text: str) -> list[str]:
     """The lines of ``text`` that start with ``error:``."""
     return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def instantiate(parser, cfg):
+    """jsonargparse's instantiation: ``instantiate`` since 4.49 (``instantiate_classes`` is deprecated), else the old name."""
+    return parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli_helpers import REPO
+from cli_helpers import REPO, instantiate
 from set_lightning.lightning_cli import make_cli
 from set_lightning.configs import CONF_DIR, DEFAULT_CONFIGS, resolve_config, resolve_config_args
 from set_lightning.experiments.spec import expand, load_spec
@@ -147,7 +147,7 @@ def test_mlp_reads_the_history_of_the_data(parser):
 
     for history in (1, 4, 10):
         cfg = _parse(parser, ["--config", "conf/mlp.yaml", f"--data.history={history}"])
-        net = parser.instantiate_classes(cfg).model.net
+        net = instantiate(parser, cfg).model.net
         assert isinstance(net, MLP) and net.n_frames == history
         assert net.n_params == MLP(hidden=64, n_layers=3, n_frames=history).n_params
 
@@ -225,3 +225,13 @@ def test_graph_file_trains_one_step(graph, model, data_cache, tmp_path, monkeypa
     expected = yaml.safe_load((CONF_DIR / "graph" / f"{graph}.yaml").read_text())["model"]["net"]["init_args"]
     assert {k: getattr(cli.model.net, k) for k in expected} == expected
 
+
+
+def test_every_shipped_config_is_in_the_package_data():
+    """A non-editable install carries conf/ only through setup.cfg's package_data globs."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    packaged = {p for g in cfg["options.package_data"]["set_lightning"].split() for p in CONF_DIR.parent.glob(g)}
+    assert CONF_FILES and [_name(p) for p in CONF_FILES if p not in packaged] == []

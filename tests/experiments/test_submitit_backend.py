@@ -23,25 +23,33 @@ def _sweep(spec: Path, out: Path, *extra: str) -> list[str]:
             "--backend", "submitit-local", *extra]
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+HERE = Path(__file__).resolve().parent
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
 
 
 def test_kill_after_the_first_finished_run_then_resume_redoes_nothing(tmp_path, data_cache):
+    gate = tmp_path / "gate_open"  # the "held" run waits at its first step until this file exists
     spec = write_spec(tmp_path, {
         "name": "tiny", "seeds": [0], "reference": "fast",
         "overrides": {**TINY, "data.cache_dir": str(data_cache)},
-        "variants": {"fast": {}, "slow": {"trainer.max_epochs": 6}},
+        "variants": {"fast": {}, "held": {"trainer.callbacks": [
+            {"class_path": "gate_callback.WaitForFile", "init_args": {"path": str(gate)}}]}},
     })
     out = tmp_path / "runs"
+    path = {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}  # the jobs import gate_callback
     # submit both runs (two local jobs at once); kill the sweep and its jobs when the fast one has finished
-    finished = kill_after_first_result(_sweep(spec, out), tmp_path, out)
-    assert len(finished) == 1, "the sweep finished before it could be killed"
+    finished = kill_after_first_result(_sweep(spec, out), tmp_path, out, env=path)
+    assert [p.parent.parent.name for p in finished] == ["fast"]
     before = {p: p.stat().st_mtime_ns for p in finished}
     jobs = {p.parent: read_job(p.parent)["job_id"] for p in out.rglob("job.json")}
     assert len(jobs) == 2  # every run was submitted, with its job recorded
 
-    res = subprocess.run(_sweep(spec, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    gate.touch()
+    res = subprocess.run(_sweep(spec, out), cwd=tmp_path, env=_env(**path), capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "1 finished, 1 to run" in res.stdout
     assert {p: p.stat().st_mtime_ns for p in finished} == before  # finished runs were not redone
@@ -49,9 +57,9 @@ def test_kill_after_the_first_finished_run_then_resume_redoes_nothing(tmp_path, 
         again = read_job(run_dir)["job_id"] != job_id
         assert again == (run_dir / "result.json" not in before)
     rows = [json.loads(line) for line in (out / "tiny" / "results.jsonl").read_text().splitlines()]
-    assert sorted((r["variant"], r["seed"]) for r in rows) == [("fast", 0), ("slow", 0)]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("fast", 0), ("held", 0)]
     assert all(0 < r["test_pos_mse"] < 10 for r in rows)
-    assert "| slow |" in (out / "tiny" / "report.md").read_text()
+    assert "| held |" in (out / "tiny" / "report.md").read_text()
 
 
 def test_a_failing_variant_is_reported_with_its_log_while_the_others_finish(tmp_path, data_cache):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from cli_helpers import instantiate
 
 import set_lightning.models as models
 from set_lightning.models import MODELS, NBodyModel, build_model
@@ -77,8 +78,8 @@ def test_jsonargparse_resolves_models_by_class_name():
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(NBodyModel, "net")
     cfg = parser.parse_args(["--net", "SET", "--net.hidden", "8", "--net.n_heads", "2", "--net.adjacency", "true"])
-    net = parser.instantiate_classes(cfg).net
+    net = instantiate(parser, cfg).net
     assert isinstance(net, models.SET) and net.blocks[0].etal.adjacency
     cfg = parser.parse_args(["--net", "EGNN", "--net.n_layers", "2"])
-    assert len(parser.instantiate_classes(cfg).net.layers) == 2
-    assert isinstance(parser.instantiate_classes(parser.parse_args(["--net", "Linear"])).net, models.Linear)
+    assert len(instantiate(parser, cfg).net.layers) == 2
+    assert isinstance(instantiate(parser, parser.parse_args(["--net", "Linear"])).net, models.Linear)
