@@ -55,6 +55,7 @@ MODELS: dict[str, dict] = {
     "SET L=5 (M=1, K=1)": ABLATED,
     "SET L=10 (M=1, K=1)": {**SET, **SMALL, "data.history": 10},
     "LSTM L=10": {"config": "conf/lstm.yaml"},
+    "MLP L=10": {"config": "conf/mlp.yaml"},
     "EGNN, cosine": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
     "no equivariance": {**ABLATED, "model.net.init_args.equivariant": False},
     "no spatial attention": {**ABLATED, "model.net.init_args.spatial_attention": False},
@@ -64,7 +65,8 @@ MODELS: dict[str, dict] = {
 #: the report's sections: (title, models, reference)
 SECTIONS = [
     ("Does SET beat EGNN at equal training compute?",
-     ["EGNN", "EGNN, cosine", "SET L=1", "SET L=1, EMA", "SET L=5 (M=1, K=1)", "SET L=10 (M=1, K=1)", "LSTM L=10"],
+     ["EGNN", "EGNN, cosine", "SET L=1", "SET L=1, EMA", "SET L=5 (M=1, K=1)", "SET L=10 (M=1, K=1)", "LSTM L=10",
+      "MLP L=10"],
      "EGNN"),
     ("Which parts of SET matter? (one flag flipped)",
      ["SET L=5 (M=1, K=1)", "no equivariance", "no spatial attention", "no temporal attention", "with adjacency"],
