@@ -474,45 +474,59 @@ def time_to_accuracy_report(out: str | Path, sections: Sequence[tuple[str, Seque
         lines += study_section(study, title, models, reference, thresholds, close_note)
     text = "\n".join(lines)
     out.with_suffix(".md").write_text(text)
-    _plot_curves(study.curves, out.with_suffix(".png"), out.name, thresholds)
+    _plot_curves(study.curves, out.with_suffix(".png"), out.name, thresholds,
+                 panels=[(title, models) for title, models, _ in sections])
     print(text)
     return text
 
 
 def _plot_curves(curves: dict[str, dict[int, list[dict[str, Any]]]], path: Path, title: str,
-                 thresholds: Sequence[float] = TTA_THRESHOLDS) -> None:
-    """Validation MSE against training seconds (log-log): mean over seeds, band = min..max."""
+                 thresholds: Sequence[float] = TTA_THRESHOLDS,
+                 panels: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+    """Validation MSE against training seconds (log-log): mean over seeds, band = min..max; one panel
+    per ``(title, models)`` (default: one panel of every model), each with its own colour cycle."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for m, seeds in curves.items():
-        if not seeds:
-            continue
-        t_max = min(max(r["train_s"] for r in c) for c in seeds.values())
-        t_min = max(min(r["train_s"] for r in c) for c in seeds.values())
-        if not t_max > t_min > 0:
-            continue
-        grid = np.geomspace(t_min, t_max, 200)
-        vals = []
-        for c in seeds.values():
-            c = sorted(c, key=lambda r: r["train_s"])
-            ts = np.array([r["train_s"] for r in c])
-            vs = np.array([r["val_pos_mse"] for r in c])
-            vals.append(vs[np.searchsorted(ts, grid, side="right") - 1])  # the latest validation at t
-        vals = np.array(vals)
-        line, = ax.plot(grid, vals.mean(0), label=f"{m} ({len(seeds)} seeds)")
-        ax.fill_between(grid, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.2)
-    for t in thresholds:
-        ax.axhline(t, color="grey", lw=0.5, ls=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training seconds (one CPU thread)")
-    ax.set_ylabel("validation position MSE")
-    ax.set_title(f"{title}: mean over seeds, band = min..max")
-    ax.legend(fontsize=8)
+    panels = [(t, [m for m in ms if curves.get(m)]) for t, ms in (panels or [(title, list(curves))])]
+    panels = [(t, ms) for t, ms in panels if ms]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False, sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    tops = []  # per curve, 3x its median: a divergence spike does not flatten every other curve
+    for ax, (panel_title, models) in zip(axes[0], panels):
+        for i, m in enumerate(models):
+            seeds = curves[m]
+            t_max = min(max(r["train_s"] for r in c) for c in seeds.values())
+            t_min = max(min(r["train_s"] for r in c) for c in seeds.values())
+            if not t_max > t_min > 0:
+                continue
+            grid = np.geomspace(t_min, t_max, 200)
+            vals = []
+            for c in seeds.values():
+                c = sorted(c, key=lambda r: r["train_s"])
+                ts = np.array([r["train_s"] for r in c])
+                vs = np.array([r["val_pos_mse"] for r in c])
+                vals.append(vs[np.searchsorted(ts, grid, side="right") - 1])  # the latest validation at t
+            vals = np.array(vals)
+            style = {"color": colours[i % len(colours)], "ls": "-" if i < len(colours) else "--"}
+            ax.plot(grid, vals.mean(0), label=f"{m} ({len(seeds)} seeds)", **style)
+            tops.append(3 * float(np.median(vals.max(0))))
+            ax.fill_between(grid, vals.min(0), vals.max(0), color=style["color"], alpha=0.15)
+        for t in thresholds:
+            ax.axhline(t, color="grey", lw=0.5, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training seconds (one CPU thread)")
+        ax.set_title(panel_title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("validation position MSE")
+    if tops:
+        axes[0][0].set_ylim(top=max(tops))  # shared y: spikes above it are cut off
+    fig.suptitle(f"{title}: mean over seeds, band = min..max (y cut at {max(tops):.2g})" if tops else title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
