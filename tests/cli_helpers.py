@@ -100,6 +100,11 @@ def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error:")]
 
 
+def importing_from(folder: Path) -> dict[str, str]:
+    """Environment for a subprocess that must import test-only modules (callbacks) from ``folder``."""
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *sys.path])}
+
+
 def instantiate(parser, cfg):
-    """jsonargparse's instantiation: ``instantiate`` since 4.49 (``instantiate_classes`` is deprecated), else the old name."""
+    """jsonargparse's instantiation: ``instantiate`` since 4.49 (``instantiate_classes`` is deprecated)."""
     return parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)

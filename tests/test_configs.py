@@ -226,7 +226,6 @@ def test_graph_file_trains_one_step(graph, model, data_cache, tmp_path, monkeypa
     assert {k: getattr(cli.model.net, k) for k in expected} == expected
 
 
-
 def test_every_shipped_config_is_in_the_package_data():
     """A non-editable install carries conf/ only through setup.cfg's package_data globs."""
     import configparser

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli_helpers import run_cli, tiny_args
+from cli_helpers import importing_from, run_cli, tiny_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,7 +59,7 @@ def test_resume_after_crash_finishes_with_same_epoch_count(tmp_path, data_cache)
         ["fit", *args, "--trainer.callbacks+=crash_callback.CrashAtEpochStart",
          "--trainer.callbacks.epoch=1"],
         cwd=crash_dir,
-        env={"PYTHONPATH": str(HERE) + ":" + ":".join(sys.path)},
+        env=importing_from(HERE),
     )
     assert crashed.returncode != 0  # killed when epoch 1 starts
     ckpts = list((crash_dir / "runs").rglob("last.ckpt"))

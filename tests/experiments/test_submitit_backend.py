@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY, kill_after_first_result, write_spec
+from cli_helpers import TINY, importing_from, kill_after_first_result, write_spec
 
 from set_lightning.experiments.records import read_job
 from set_lightning.experiments.sweep import run_sweep
@@ -39,7 +39,7 @@ def test_kill_after_the_first_finished_run_then_resume_redoes_nothing(tmp_path, 
             {"class_path": "gate_callback.WaitForFile", "init_args": {"path": str(gate)}}]}},
     })
     out = tmp_path / "runs"
-    path = {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}  # the jobs import gate_callback
+    path = importing_from(HERE)  # the jobs import gate_callback
     # submit both runs (two local jobs at once); kill the sweep and its jobs when the fast one has finished
     finished = kill_after_first_result(_sweep(spec, out), tmp_path, out, env=path)
     assert [p.parent.parent.name for p in finished] == ["fast"]
