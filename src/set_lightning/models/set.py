@@ -12,6 +12,10 @@ from .etal import ETAL
 from .layers import Graph, VectorOut
 
 
+#: where SET reads its prediction: the time average of the frames, or the last frame
+READOUTS = ("mean", "last")
+
+
 class SETBlock(nn.Module):
     """``K`` EGCLs on every frame -> ETAL across frames -> pre-norm feed-forward with residual.
 
@@ -81,7 +85,17 @@ class SET(GraphModel):
         x_pred = x(L) + dx + g_x(hbar) ubar
         v_pred = v(L) + g_1(hbar) ubar + g_2(hbar) dx
 
-    (``g`` invariant gates; with ``equivariant=False`` raw-vector MLPs of ``[hbar, ubar(, dx)]``).
+    (``g`` invariant gates; with ``equivariant=False`` raw-vector MLPs of ``[hbar, ubar(, dx)]``). That is
+    ``readout="mean"``. With ``readout="last"`` the prediction is read at the last frame instead: with
+    ``h_L, x_L, u_L`` the final features, coordinate and velocity of frame ``L``::
+
+        x_pred = x_L + g_x(h_L) u_L
+        v_pred = v(L) + g_1(h_L) u_L + g_2(h_L) (x_L - x(L))
+
+    The mean readout anchors every frame's own displacement at ``x(L)``: a frame that cannot see
+    the others (``temporal_attention=False``) must predict ``x(L+H) - x(L)`` from its stale state.
+    The last-frame readout needs no temporal attention to use ``x(L)`` and ``v(L)`` (with one frame,
+    ``L = 1``, the two readouts are the same function).
 
     Flags (every combination builds and trains):
         * ``equivariant=False``: centred positions ``x - mean_i x`` and ``v`` are concatenated to the
@@ -110,6 +124,7 @@ class SET(GraphModel):
         k: neighbours per node with ``graph="knn"``.
         node_dim: node attribute columns read (1: the charge; a file's ``node_attr`` may have more).
         edge_dim: pair attribute channels read as edge features (1 for the springs' spring graph).
+        readout: ``mean`` (the time average of every frame, the paper's) or ``last`` (the last frame).
 
     Shapes:
         x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)``, node_attr: ``(B, N, node_dim)``, edge_attr:
@@ -124,7 +139,7 @@ class SET(GraphModel):
         dropout: float = 0.1, equivariant: bool = True, spatial_attention: bool = True,
         temporal_attention: bool = True, adjacency: bool = False, norm_diff: bool = True, tanh: bool = True,
         coords_range: float = 15.0, ff_mult: int = 2, graph: str = "complete", k: int = 6, node_dim: int = 1,
-        edge_dim: int = 0,
+        edge_dim: int = 0, readout: str = "mean",
     ) -> None:
         super().__init__()
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
@@ -133,6 +148,9 @@ class SET(GraphModel):
                             f"got graph={graph!r}")
         if hidden < 1 or n_blocks < 1 or n_spatial_layers < 0 or n_heads < 1:
             raise UserError("hidden, n_blocks, n_heads must be >= 1 and n_spatial_layers >= 0")
+        if readout not in READOUTS:
+            raise UserError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
+        self.readout = readout
         if hidden % n_heads:
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.equivariant = equivariant
@@ -165,9 +183,15 @@ class SET(GraphModel):
         for block in self.blocks:
             h, xs, us = block(h, xs, us, edges, b, graph)
 
-        hbar = self.out_norm(h.reshape(b, ell, n, -1).mean(1))
-        dx = (xs.reshape(b, ell, n, 3) - x).mean(1)
-        ubar = us.reshape(b, ell, n, 3).mean(1)
+        h, xs, us = h.reshape(b, ell, n, -1), xs.reshape(b, ell, n, 3), us.reshape(b, ell, n, 3)
+        if self.readout == "last":
+            h_last, x_last, u_last = self.out_norm(h[:, -1]), xs[:, -1], us[:, -1]
+            x_pred = x_last + self.head_x(h_last, u_last.unsqueeze(-2))
+            v_pred = v[:, -1] + self.head_v(h_last, torch.stack([u_last, x_last - x[:, -1]], dim=-2))
+            return x_pred, v_pred
+        hbar = self.out_norm(h.mean(1))
+        dx = (xs - x).mean(1)
+        ubar = us.mean(1)
         x_pred = x[:, -1] + dx + self.head_x(hbar, ubar.unsqueeze(-2))
         v_pred = v[:, -1] + self.head_v(hbar, torch.stack([ubar, dx], dim=-2))
         return x_pred, v_pred
