@@ -1,0 +1,218 @@
+"""Does history pay? SET with L = 10 frames against L = 1 and EGNN, at equal training FLOPs, on a budget ladder.
+
+The N = 5 charged benchmark split (3000 / 2000 / 2000, frame 30 -> 40). Every run's budget is
+training FLOPs (``--tflop`` T, then 2T, 4T, ...): the same number of steps on every machine and at every
+speed of the code (:mod:`set_lightning.experiments.ladder`). A configuration is converged at a rung
+when doubling the budget changes its mean best validation MSE by less than 2%.
+
+Stages, in the order they run (a stage that needs an earlier one's answer waits for it):
+
+1. ``recipe``: SET L=10 and SET L=1 (both the shipped size, M=2, K=2) and EGNN, each at 3 learning
+   rates (cosine to the last step, 30 warm-up steps; EGNN also with its own constant rate), seed 0, T.
+2. ``headline``: the three with their best recipe (lowest best validation MSE), seeds 0-4, T.
+3. ``readout``: SET L=10 read out at the last frame, seeds 0-4, T.
+4. ``2T``: stages 2 and 3 at 2T.
+5. ``size``: SET L=10 and L=1 at M=1, K=1, seeds 0-4, T and 2T.
+6. ``4T``: stage 4 at 4T.
+7. ``ablation``: the best history model (its better readout) with one flag flipped, 3 seeds, at its
+   first converged rung (else its top finished rung); "no temporal attention" uses the last-frame readout.
+8. ``8T``: the headline at 8T where 4T was not converged.
+
+    python benchmarks/history_study.py --plan                 # what remains, in CPU-hours on this machine
+    python benchmarks/history_study.py --parallel 2           # run it (stops and resumes at will)
+    python benchmarks/history_study.py --stages recipe headline
+    python benchmarks/history_study.py --report-only          # results/history.md and .png from the rows
+
+Each finished run appends its row to ``results/history.jsonl`` at once (per-trajectory test errors to
+``results/history_per_traj.jsonl``; FLOPs per step pinned in ``results/history_flops.json``); runs already
+there (by identity: resolved config, budget, numerics fingerprint) are skipped. Commit those files
+as rows arrive: a later session, on any machine, goes on from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from set_lightning.experiments.ladder import Ladder, Unit, pending, this_machine
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "results" / "history"
+DATA = ["conf/data/nbody5.yaml"]
+SEEDS = (0, 1, 2, 3, 4)
+ABLATION_SEEDS = (0, 1, 2)
+
+SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
+SMALL = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
+LAST = {"model.net.init_args.readout": "last"}
+#: the models: label -> variant (config file and dotted overrides); recipes add to these
+ARMS: dict[str, dict[str, Any]] = {
+    "SET L=10": SET,
+    "SET L=1": {**SET, "data.history": 1},
+    "EGNN": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
+    "SET L=10, last readout": {**SET, **LAST},
+    "SET L=10 (M=1, K=1)": {**SET, **SMALL},
+    "SET L=1 (M=1, K=1)": {**SET, **SMALL, "data.history": 1},
+}
+HEADLINE = ("SET L=10", "SET L=1", "EGNN")
+LRS = (2.5e-4, 5e-4, 1e-3)
+#: each headline model's recipe search: name -> overrides
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    arm: {f"lr={lr:g}": {"model.lr": lr} for lr in LRS} for arm in HEADLINE
+}
+RECIPES["EGNN"]["constant lr=0.0005"] = {"model.lr": 5e-4, "model.scheduler": "none", "model.warmup_steps": 0}
+#: the arm whose chosen recipe another arm takes
+RECIPE_OF = {"SET L=10, last readout": "SET L=10", "SET L=10 (M=1, K=1)": "SET L=10", "SET L=1 (M=1, K=1)": "SET L=1"}
+#: the ablation: label -> overrides on the best history model
+FLIPS = {
+    "no equivariance": {"model.net.init_args.equivariant": False},
+    "no spatial attention": {"model.net.init_args.spatial_attention": False},
+    "no temporal attention": {"model.net.init_args.temporal_attention": False, **LAST},
+    "with adjacency": {"model.net.init_args.adjacency": True},
+}
+STAGES = ("recipe", "headline", "readout", "2T", "size", "4T", "ablation", "8T")
+
+
+class Study:
+    """The stages above over one :class:`Ladder` with lowest rung ``t`` TFLOP."""
+
+    def __init__(self, ladder: Ladder, t: float) -> None:
+        self.ladder, self.t = ladder, t
+
+    def chosen_recipe(self, arm: str) -> Optional[str]:
+        """The recipe of ``arm`` with the lowest best validation MSE at T, seed 0 (``None`` until all ran)."""
+        family = RECIPE_OF.get(arm, arm)
+        rows = {r["recipe"]: r for r in self.ladder.rows()
+                if r["arm"] == family and r["seed"] == 0 and r["budget_tflop"] == self.t}
+        if any(name not in rows for name in RECIPES[family]):
+            return None
+        return min(RECIPES[family], key=lambda name: rows[name]["best_val_pos_mse"])
+
+    def unit(self, arm: str, seed: int, rung: float, recipe: Optional[str] = None,
+             variant: Optional[dict] = None) -> Optional[Unit]:
+        recipe = recipe or self.chosen_recipe(arm)
+        if recipe is None:
+            return None
+        extra = RECIPES[RECIPE_OF.get(arm, arm)][recipe]
+        return Unit(arm, recipe, {**(variant or ARMS[arm]), **extra}, seed, rung * self.t)
+
+    def best_history_arm(self) -> Optional[str]:
+        """SET L=10 with the readout whose mean test MSE at T over the 5 seeds is lower."""
+        means = {}
+        for arm in ("SET L=10", "SET L=10, last readout"):
+            vals = [r["test_pos_mse"] for r in self.ladder.rows() if r["arm"] == arm and r["budget_tflop"] == self.t
+                    and r["recipe"] == self.chosen_recipe(arm)]
+            if len(vals) < len(SEEDS):
+                return None
+            means[arm] = sum(vals) / len(vals)
+        return min(means, key=means.get)
+
+    def ablation_rung(self, arm: str) -> Optional[float]:
+        """The first converged rung (as a multiple of T) of ``arm``, else its top rung with 5 seeds."""
+        from set_lightning.experiments.stats import first_converged, ladder_verdicts
+
+        by_rung: dict[float, list[float]] = {}
+        for r in self.ladder.rows():
+            if r["arm"] == arm and r["recipe"] == self.chosen_recipe(arm):
+                by_rung.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
+        full = {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
+        if not full:
+            return None
+        conv = first_converged(ladder_verdicts(full))
+        return (conv if conv is not None else max(full)) / self.t
+
+    def units(self, stage: str) -> list[Optional[Unit]]:
+        """The stage's units (``None`` for those waiting on an earlier stage's answer)."""
+        readout_arms = (*HEADLINE, "SET L=10, last readout")
+        if stage == "recipe":
+            return [Unit(arm, name, {**ARMS[arm], **extra}, 0, self.t)
+                    for arm in HEADLINE for name, extra in RECIPES[arm].items()]
+        if stage == "headline":
+            return [self.unit(arm, s, 1) for s in SEEDS for arm in HEADLINE]
+        if stage == "readout":
+            return [self.unit("SET L=10, last readout", s, 1) for s in SEEDS]
+        if stage in ("2T", "4T"):
+            rung = int(stage[0])
+            return [self.unit(arm, s, rung) for s in SEEDS for arm in readout_arms]
+        if stage == "size":
+            return [self.unit(arm, s, rung) for rung in (1, 2) for s in SEEDS
+                    for arm in ("SET L=10 (M=1, K=1)", "SET L=1 (M=1, K=1)")]
+        if stage == "ablation":
+            best = self.best_history_arm()
+            rung = self.ablation_rung(best) if best else None
+            if best is None or rung is None:
+                return [None] * len(FLIPS) * len(ABLATION_SEEDS)
+            recipe = self.chosen_recipe(best)
+            extra = RECIPES[RECIPE_OF.get(best, best)][recipe]
+            return [Unit(f"{best}: {label}", recipe, {**ARMS[best], **flip, **extra}, s, rung * self.t)
+                    for label, flip in FLIPS.items() for s in ABLATION_SEEDS]
+        if stage == "8T":
+            verdicts = self._verdicts_at(4)
+            return [self.unit(arm, s, 8) for arm in HEADLINE if verdicts.get(arm) != "converged" for s in SEEDS]
+        raise ValueError(stage)
+
+    def _verdicts_at(self, rung: int) -> dict[str, str]:
+        from set_lightning.experiments.stats import ladder_verdicts
+
+        out = {}
+        for arm in HEADLINE:
+            by: dict[float, list[float]] = {}
+            for r in self.ladder.rows():
+                if r["arm"] == arm and r["recipe"] == self.chosen_recipe(arm):
+                    by.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
+            means = {b: sum(v) / len(v) for b, v in by.items() if len(v) >= len(SEEDS)}
+            out[arm] = next((v.verdict for v in ladder_verdicts(means) if v.budget == rung * self.t), "unknown")
+        return out
+
+
+def print_plan(study: Study, stages: list[str]) -> None:
+    machine = this_machine()
+    total = 0.0
+    print(f"machine: {machine}")
+    for stage in stages:
+        units = study.units(stage)
+        waiting = sum(u is None for u in units)
+        todo = pending(study.ladder, [u for u in units if u is not None])
+        hours = sum(study.ladder.estimate_s(p, machine) for p in todo) / 3600
+        total += hours
+        print(f"  {stage:9s} {len(todo):3d} runs to do ({hours:5.2f} CPU-h)" + (f", {waiting} waiting on an earlier "
+                                                                            "stage" if waiting else ""))
+        for p in todo:
+            print(f"      {p.unit.name}: {p.max_steps} steps ({p.tflop:.2f} TFLOP), "
+                  f"~{study.ladder.estimate_s(p, machine) / 60:.0f} CPU-min")
+    print(f"  total known: {total:.2f} CPU-h")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tflop", type=float, default=10.0, help="the lowest rung T in TFLOP (default 10)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each (default 2)")
+    parser.add_argument("--plan", action="store_true", help="print the remaining runs and CPU-hours, run nothing")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", default=str(OUT), help="results stem (default results/history)")
+    opts = parser.parse_args()
+    out = Path(opts.out).resolve()
+    ladder = Ladder(out, REPO, DATA, REPO / "runs" / out.name)
+    study = Study(ladder, opts.tflop)
+    if opts.plan:
+        print_plan(study, opts.stages)
+        return
+    if not opts.report_only:
+        for stage in opts.stages:
+            units = study.units(stage)
+            todo = pending(ladder, [u for u in units if u is not None])
+            waiting = sum(u is None for u in units)
+            print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
+            ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
+            if waiting and sum(u is None for u in study.units(stage)):
+                print(f"stage {stage}: still waiting on an earlier stage; later stages go on", flush=True)
+    from set_lightning.experiments.ladder_report import history_report
+
+    history_report(out, t=opts.tflop, headline=HEADLINE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

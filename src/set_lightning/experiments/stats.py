@@ -1,0 +1,99 @@
+"""Statistics of a budget-ladder study: the convergence rule and a two-level bootstrap of a ratio of means.
+
+* :func:`ladder_verdicts`: a configuration is *converged* at budget ``T`` when doubling the budget
+  changes its mean best validation MSE by less than ``tol`` (2%); *not converged* when it changes
+  by more; *unknown* while the next rung is missing.
+* :func:`hierarchical_ratio`: model A against model B when each has several seeds and every seed
+  is scored on the same test trajectories. The bootstrap resamples both levels: seeds (each model's
+  own, independently) and trajectories (one draw shared by both models: the trajectories are
+  paired). The interval therefore widens with the spread between seeds, which a bootstrap over
+  seed-averaged trajectories alone ignores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+#: relative change of the mean best validation MSE between rungs below which a rung is converged
+CONVERGED_TOL = 0.02
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The ladder's verdict at one budget: ``converged``, ``not converged`` or ``unknown``.
+
+    ``change`` is ``mean(2T) / mean(T) - 1`` (negative: the doubled budget did better), ``None`` when
+    the next rung is missing.
+    """
+
+    budget: float
+    verdict: str
+    change: Optional[float]
+
+
+def ladder_verdicts(means: Mapping[float, float], tol: float = CONVERGED_TOL) -> list[Verdict]:
+    """The verdict of every rung from ``{budget: mean best validation MSE}`` (rungs ``T, 2T, 4T, ...``).
+
+    The rung ``T`` is judged by the rung ``2T``: ``|mean(2T) / mean(T) - 1| < tol`` is converged. A
+    curve still falling at ``2T`` is not; the top rung is ``unknown`` (nothing to compare it with).
+    """
+    budgets = sorted(means)
+    out = []
+    for b in budgets:
+        nxt = next((c for c in budgets if np.isclose(c, 2 * b, rtol=1e-6)), None)
+        if nxt is None:
+            out.append(Verdict(b, "unknown", None))
+            continue
+        change = means[nxt] / means[b] - 1.0
+        out.append(Verdict(b, "converged" if abs(change) < tol else "not converged", change))
+    return out
+
+
+def first_converged(verdicts: Sequence[Verdict]) -> Optional[float]:
+    """The lowest budget judged converged, or ``None``."""
+    return next((v.budget for v in verdicts if v.verdict == "converged"), None)
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    """``mean(A) / mean(B)`` with a bootstrap 95% interval ``[lo, hi]``."""
+
+    ratio: float
+    lo: float
+    hi: float
+
+    @property
+    def excludes_one(self) -> bool:
+        return self.hi < 1.0 or self.lo > 1.0
+
+
+def hierarchical_ratio(a: np.ndarray, b: np.ndarray, n_boot: int = 4000, seed: int = 0) -> RatioCI:
+    """Ratio of mean errors of A and B with a two-level (seeds, then trajectories) bootstrap interval.
+
+    Each replicate draws ``n_a`` of A's seeds and ``n_b`` of B's seeds with replacement (independently:
+    the models' seeds are not paired) and ``S`` trajectories with replacement, the same draw for both
+    models (they are scored on the same trajectories), and takes the ratio of the two means.
+
+    Shapes: a ``(n_a, S)``, b ``(n_b, S)``: per-seed, per-trajectory errors (rows: seeds).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or a.shape[1] < 2:
+        raise ValueError(f"a and b must be (seeds, trajectories) with the same trajectories, got {a.shape}, {b.shape}")
+    rng = np.random.default_rng(seed)
+    n_traj = a.shape[1]
+    # trajectory draws as counts (weights), shared by A and B: (n_boot, S)
+    draws = rng.integers(0, n_traj, size=(n_boot, n_traj))
+    weights = np.zeros((n_boot, n_traj))
+    np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
+
+    def means(e: np.ndarray) -> np.ndarray:
+        seeds = rng.integers(0, e.shape[0], size=(n_boot, e.shape[0]))
+        per_traj = e[seeds].mean(axis=1)  # (n_boot, S): the drawn seeds' average per trajectory
+        return (per_traj * weights).sum(axis=1) / n_traj
+
+    ratios = means(a) / means(b)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return RatioCI(float(a.mean() / b.mean()), float(lo), float(hi))
