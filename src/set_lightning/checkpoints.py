@@ -89,7 +89,7 @@ class CheckpointInfo:
         data = ckpt.get("datamodule_hyper_parameters")
         if not data:
             data = _data_from_run_config(run_dir)
-        score = state.get("best_model_score")
+        score = state.get("best_model_score", ckpt.get("best_val_pos_mse"))  # a shipped file keeps only the latter
         return cls(
             path=path,
             run_dir=run_dir,

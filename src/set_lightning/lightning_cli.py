@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from set_lightning import program_name
+from set_lightning import program_name, trained
 from set_lightning.callbacks import ModelSummary
 from set_lightning.checkpoints import CheckpointInfo, is_checkpoint_file_path, latest_last_checkpoint
 from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
@@ -139,6 +139,9 @@ class SETLightningCLI(LightningCLI):
                                 "TensorBoard logger); pass a checkpoint file instead")
             cfg["ckpt_path"] = str(latest_last_checkpoint(Path(logger.init_args.save_dir) / logger.init_args.name))
             print(f"resuming from {cfg['ckpt_path']}")
+        shipped = trained.shipped_path(cfg.get("ckpt_path"))
+        if shipped is not None:  # a shipped model's name (trained/manifest.json)
+            cfg["ckpt_path"] = str(shipped)
         if not is_checkpoint_file_path(cfg.get("ckpt_path")):
             return
         info = CheckpointInfo.read(cfg["ckpt_path"])
@@ -147,6 +150,8 @@ class SETLightningCLI(LightningCLI):
         logger = cfg.get("trainer.logger")
         if _is_dir_logger(logger):  # log into the checkpoint's run directory
             run = info.run_dir
+            if trained.is_shipped_file(info.path):  # never into the package: runs/shipped/<name>
+                run = Path(logger.init_args.save_dir) / "shipped" / trained.shipped_name(info.path)
             logger.init_args.save_dir, logger.init_args.name, logger.init_args.version = (
                 str(run.parent.parent), run.parent.name, run.name)
         self.ckpt_info = info
