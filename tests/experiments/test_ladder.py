@@ -186,3 +186,21 @@ def test_the_report_tables_the_ladder_and_leaves_stale_rows_out(tmp_path):
     assert 0.4 < ratio < 0.6  # 0.6 * 0.8 / (1.0 * 0.995)
     assert "5.0" not in text.split("## The ladder")[1].split("## Comparisons")[0]  # the stale row is not averaged
     assert out.with_suffix(".png").is_file()
+
+
+def test_a_unit_runs_end_to_end_and_is_then_skipped(tmp_path, data_cache):
+    ladder = Ladder(tmp_path / "results" / "study", REPO, SMALL_DATA, tmp_path / "runs")
+    unit = Unit("EGNN", "lr=0.0005", {**TINY, "data.cache_dir": str(data_cache), "data.n_train": 100,
+                                      "data.n_val": 50, "data.n_test": 50}, 0, 1e-7)
+    (planned,) = pending(ladder, [unit])
+    statuses = []
+    ladder.run_all([planned], parallel=1, log=statuses.append)
+    assert len(statuses) == 1 and statuses[0].startswith("done EGNN"), statuses
+    (row,) = ladder.rows()
+    assert row["run_id"] == planned.run_id and row["steps"] == planned.max_steps == 2  # one epoch of 2 batches
+    assert row["machine"]["cpu_capability"] and row["machine"]["threads"] == 1
+    assert row["curve"] and row["curve"][-1]["step"] == row["steps"]  # the last validation is at the end
+    assert np.isfinite(row["test_pos_mse"]) and row["fingerprint"] == planned.fingerprint
+    per = [json.loads(line) for line in ladder.per_traj_file.read_text().splitlines()]
+    assert per[0]["run_id"] == planned.run_id and len(per[0]["pos_mse"]) == 50
+    assert pending(ladder, [unit]) == []

@@ -28,12 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -94,6 +90,7 @@ class Planned:
     val_every: int
     spec: RunSpec
     net: dict[str, Any] = field(repr=False, default_factory=dict)
+    trainer: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
     def tflop(self) -> float:
@@ -176,28 +173,20 @@ class Ladder:
         run_id = hashlib.sha256(json.dumps(
             {"config_sha256": config_sha, "budget_tflop": unit.budget_tflop, "fingerprint": fp},
             sort_keys=True).encode()).hexdigest()
-        run_dir = self.runs / slug(unit.arm) / slug(unit.recipe) / budget_label(unit.budget_tflop) / f"seed_{unit.seed}"
+        # the identity in the folder's name: an edited variant never resumes another's checkpoints
+        run_dir = (self.runs / slug(unit.arm) / slug(unit.recipe) / budget_label(unit.budget_tflop)
+                   / f"seed_{unit.seed}-{run_id[:8]}")
         budget = {"trainer.max_steps": max_steps, "trainer.check_val_every_n_epoch": val_every}
         spec = variant_run(dict(unit.variant), slug(unit.arm), unit.seed, run_dir, self.root, base=self.base,
                            overrides={**COMMON, **budget})
-        return Planned(unit, run_id, config_sha, fp, flops, steps_per_epoch, max_steps, val_every, spec, net)
+        return Planned(unit, run_id, config_sha, fp, flops, steps_per_epoch, max_steps, val_every, spec, net,
+                       resolved["trainer"])
 
     # ------------------------------------------------------------------ running
-    def run(self, planned: Planned) -> str:
-        """Train, test and record one planned unit in its own process; a one-line status."""
+    def record(self, planned: Planned) -> str:
+        """Append the row of a unit whose worker finished (``result.json`` in its folder); a status line."""
         unit, run_dir = planned.unit, planned.spec.run_dir
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an interrupted unit starts again
-        planned.spec.save()
-        cmd = [sys.executable, "-m", "set_lightning.experiments.ladder", str(run_dir)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        proc = subprocess.run(cmd, cwd=self.root, env=env, capture_output=True, text=True)
-        (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
-        result_file = run_dir / "result.json"
-        if proc.returncode != 0 or not result_file.is_file():
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            return f"FAILED {unit.name}: " + " | ".join(tail)
-        result = json.loads(result_file.read_text())
+        result = json.loads((run_dir / "result.json").read_text())
         machine = json.loads((run_dir / "machine.json").read_text())
         row = self.row(planned, result, read_jsonl(run_dir / "curve.jsonl"), machine)
         per = json.loads((run_dir / "per_traj_test.json").read_text())
@@ -228,15 +217,26 @@ class Ladder:
             "train_cpu_s": train_s, "ms_per_step": None if not train_s else round(1000 * train_s / steps, 2),
             "curve": [{"step": c["step"], "tflop": round(c["step"] * flops / 1e12, 4), "cpu_s": c.get("train_s"),
                        "val_pos_mse": c.get("pos_mse"), "val_pos_mse_median": c.get("pos_mse_median")}
-                      for c in curve],
+                      for c in {c["step"]: c for c in curve}.values()],  # a resumed run may repeat a step
             "finished_at": result.get("finished_at"),
         }
 
     def run_all(self, planned: Sequence[Planned], parallel: int, log: Callable[[str], None] = print) -> None:
-        """Run ``planned`` units, ``parallel`` at a time, logging each status as it finishes."""
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for status in pool.map(self.run, planned):
-                log(status)
+        """Run ``planned`` units with the local runner (one process each, one thread, ``parallel`` at a time,
+        each on its own slice of the GPUs where the config asks for one), recording each as it finishes.
+
+        An interrupted unit resumes from its ``last.ckpt`` (its folder is named by its identity).
+        """
+        from set_lightning.experiments.local import run_local
+
+        by_dir = {p.spec.run_dir: p for p in planned}
+
+        def done(spec: RunSpec, result: Optional[dict[str, Any]], failure: str) -> None:
+            unit = by_dir[spec.run_dir]
+            log(self.record(unit) if result is not None else f"FAILED {unit.unit.name}: {failure}")
+
+        run_local([p.spec for p in planned], [p.trainer for p in planned], parallel, threads=1, on_done=done,
+                  command=lambda spec: [sys.executable, "-m", "set_lightning.experiments.ladder", str(spec.run_dir)])
 
     def estimate_s(self, planned: Planned, machine: str) -> float:
         """CPU seconds a unit will take here: from finished rows of its configuration's shape on this

@@ -91,10 +91,12 @@ def run_local(
     threads: int,
     on_done: OnDone,
     n_gpus: Optional[int] = None,
+    command: Optional[Callable[[RunSpec], list[str]]] = None,
 ) -> None:
     """Run each of ``runs`` in a worker process, ``parallel`` at a time; call ``on_done`` as each finishes.
 
-    ``trainers`` are the runs' resolved ``trainer`` configs (devices and accelerator pick the GPUs).
+    ``trainers`` are the runs' resolved ``trainer`` configs (devices and accelerator pick the GPUs);
+    ``command`` gives the process of a run (default :func:`worker_command`: fit and test, ``result.json``).
     """
     if n_gpus is None:
         import torch
@@ -115,7 +117,7 @@ def run_local(
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             if gpu and slices[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = visible_devices(slices[slot])
-            return _execute(run, env)
+            return _execute(run, env, command or worker_command)
         finally:
             slots.put(slot)
 
@@ -130,11 +132,12 @@ def worker_command(run: RunSpec) -> list[str]:
     return [sys.executable, "-m", "set_lightning.experiments.worker", str(run.run_dir)]
 
 
-def _execute(run: RunSpec, env: dict[str, str]) -> tuple[RunSpec, Optional[dict[str, Any]], str]:
+def _execute(run: RunSpec, env: dict[str, str], command: Callable[[RunSpec], list[str]]
+             ) -> tuple[RunSpec, Optional[dict[str, Any]], str]:
     run.save()
     log_path = run.run_dir / "stdout.log"
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(worker_command(run), cwd=run.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command(run), cwd=run.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         write_job(run.run_dir, "local", str(proc.pid))  # another sweep on this machine leaves it alone
         proc.wait()
     result = read_result(run.run_dir)
