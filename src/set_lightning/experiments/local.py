@@ -117,7 +117,7 @@ def run_local(
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             if gpu and slices[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = visible_devices(slices[slot])
-            return _execute(run, env, command or worker_command)
+            return _execute(run, env) if command is None else _execute(run, env, command)
         finally:
             slots.put(slot)
 
@@ -132,7 +132,7 @@ def worker_command(run: RunSpec) -> list[str]:
     return [sys.executable, "-m", "set_lightning.experiments.worker", str(run.run_dir)]
 
 
-def _execute(run: RunSpec, env: dict[str, str], command: Callable[[RunSpec], list[str]]
+def _execute(run: RunSpec, env: dict[str, str], command: Callable[[RunSpec], list[str]] = worker_command
              ) -> tuple[RunSpec, Optional[dict[str, Any]], str]:
     run.save()
     log_path = run.run_dir / "stdout.log"
