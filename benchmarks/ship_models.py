@@ -24,7 +24,13 @@ import torch
 from set_lightning.experiments.ladder import slug
 from set_lightning.experiments.ladder_report import LadderRows, recipe_choice
 from set_lightning.files import write_text_atomic
-from set_lightning.trained import MANIFEST_FILE, TRAINED_DIR, file_sha256, manifest, strip_checkpoint
+from set_lightning.trained import (
+    MANIFEST_FILE,
+    TRAINED_DIR,
+    file_sha256,
+    manifest,
+    strip_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: study arm -> shipped name

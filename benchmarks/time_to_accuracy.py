@@ -35,7 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from set_lightning.experiments.report import CHARGED_CLOSE_NOTE, TTA_THRESHOLDS, time_to_accuracy_report
+from set_lightning.experiments.tta_report import (
+    CHARGED_CLOSE_NOTE,
+    TTA_THRESHOLDS,
+    time_to_accuracy_report,
+)
 from set_lightning.files import append_jsonl, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,12 @@ LAYERS = {
     "set_lightning.lit": 3,
     "set_lightning.callbacks": 3,
     "set_lightning.checkpoints": 3,
+    "set_lightning.compute": 3,  # FLOPs, machine, fingerprint: builds models
     "set_lightning.models": 4,
     "set_lightning.data": 4,
     "set_lightning.errors": 5,
     "set_lightning.files": 5,
+    "set_lightning.trained": 5,  # the shipped models' folder and manifest
     "set_lightning": 6,  # the package's own __init__ (version, program name)
 }
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +13,9 @@ import pytest
 from cli_helpers import REPO, TINY, kill_after_first_result, write_spec
 
 from set_lightning.errors import UserError
-from set_lightning.experiments.report import summarise, to_markdown, welch_p_value
+from set_lightning.experiments.report import summarise, to_markdown
 from set_lightning.experiments.spec import expand, load_spec
+from set_lightning.experiments.stats import welch_p_value
 
 
 def test_shipped_ablation_files_are_valid():
@@ -136,7 +137,8 @@ def test_sweep_end_to_end_kill_and_resume(tmp_path, data_cache):
 
 
 def test_report_only_from_a_committed_results_file(tmp_path):
-    from set_lightning.experiments.report import benjamini_hochberg, summarise
+    from set_lightning.experiments.report import summarise
+    from set_lightning.experiments.stats import benjamini_hochberg
     from set_lightning.experiments.sweep import read_results
 
     results = tmp_path / "results.jsonl"

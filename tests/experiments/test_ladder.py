@@ -11,8 +11,16 @@ import pytest
 from set_lightning.compute import fingerprint, machine_info, machine_key, training_flops
 from set_lightning.errors import UserError
 from set_lightning.experiments.ladder import Ladder, Unit, pending
-from set_lightning.experiments.ladder_report import check_comparable, cpu_seconds, history_report
-from set_lightning.experiments.stats import first_converged, hierarchical_ratio, ladder_verdicts
+from set_lightning.experiments.ladder_report import (
+    check_comparable,
+    cpu_seconds,
+    history_report,
+)
+from set_lightning.experiments.stats import (
+    first_converged,
+    hierarchical_ratio,
+    ladder_verdicts,
+)
 from set_lightning.models import EGNN, SET
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import TINY_SET, random_inputs, random_orthogonal
+
 from set_lightning.errors import UserError
 from set_lightning.models import SET
 

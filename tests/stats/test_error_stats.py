@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from set_lightning.data import CLOSE_ENCOUNTER, NBodyDataModule, min_pair_distance
+from set_lightning.experiments.stats import benjamini_hochberg, paired_comparison
 from set_lightning.lit import SETLightningModule, error_summary
 from set_lightning.models import build_model
-from set_lightning.experiments.report import benjamini_hochberg, paired_comparison
 
 HERE = Path(__file__).resolve().parent
 

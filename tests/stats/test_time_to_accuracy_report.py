@@ -8,7 +8,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from set_lightning.experiments.report import time_to_accuracy_report, welch_p_value
+from set_lightning.experiments.stats import welch_p_value
+from set_lightning.experiments.tta_report import time_to_accuracy_report
 
 BUDGET = 100.0
 #: model -> seed -> (val curve as (train_s, val_pos_mse), test_pos_mse); per-trajectory errors below

@@ -253,8 +253,8 @@ def worker(run_dir: str) -> None:
     import torch
 
     from set_lightning.callbacks import TimeBudget
-    from set_lightning.experiments import worker as run_worker
     from set_lightning.errors import run_with_clean_errors
+    from set_lightning.experiments import worker as run_worker
 
     torch.set_num_threads(1)
     path = Path(run_dir)

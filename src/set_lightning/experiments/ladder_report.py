@@ -18,8 +18,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from set_lightning.errors import UserError
-from set_lightning.experiments.report import benjamini_hochberg, paired_comparison, welch_p_value
-from set_lightning.experiments.stats import CONVERGED_TOL, hierarchical_ratio, ladder_verdicts
+from set_lightning.experiments.stats import (
+    CONVERGED_TOL,
+    benjamini_hochberg,
+    hierarchical_ratio,
+    ladder_verdicts,
+    paired_comparison,
+    welch_p_value,
+)
 from set_lightning.files import read_jsonl, write_text_atomic
 
 #: published test MSEs on this task (frame 30 -> 40, 3000 training trajectories); none reads a history

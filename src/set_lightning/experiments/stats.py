@@ -3,6 +3,8 @@
 * :func:`ladder_verdicts`: a configuration is *converged* at budget ``T`` when doubling the budget
   changes its mean best validation MSE by less than ``tol`` (2%); *not converged* when it changes
   by more; *unknown* while the next rung is missing.
+* :func:`welch_p_value`, :func:`paired_comparison`, :func:`benjamini_hochberg`: the tests of a sweep or
+  study report (across seeds; paired over test trajectories; the false discovery rate over a table).
 * :func:`hierarchical_ratio`: model A against model B when each has several seeds and every seed
   is scored on the same test trajectories. The bootstrap resamples both levels: seeds (each model's
   own, independently) and trajectories (one draw shared by both models: the trajectories are
@@ -16,6 +18,68 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+
+
+def welch_p_value(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided Welch's t-test p-value; ``None`` when either side has fewer than 2 values."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@dataclass
+class PairedComparison:
+    """Model A against model B, scored on the same test trajectories.
+
+    ``ratio`` is ``mean(a) / mean(b)`` (below 1: A has the lower mean MSE) with its paired
+    bootstrap 95% interval ``[ratio_lo, ratio_hi]`` (trajectories resampled with replacement, the
+    same indices for both models); ``p_wilcoxon`` is the two-sided Wilcoxon signed-rank p-value of
+    the per-trajectory differences (is A better on a typical trajectory?); ``frac_a_better`` the
+    share of trajectories on which A's error is lower.
+    """
+
+    ratio: float
+    ratio_lo: float
+    ratio_hi: float
+    p_wilcoxon: float
+    frac_a_better: float
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], n_boot: int = 10000, seed: int = 0) -> PairedComparison:
+    """Compare per-trajectory errors ``a`` and ``b`` (same trajectories, same order).
+
+    Shapes: a, b ``(S,)``.
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired errors must be two 1-D arrays of the same length >= 2, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ratios = a[idx].mean(1) / b[idx].mean(1)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    p = float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
+    return PairedComparison(float(a.mean() / b.mean()), float(lo), float(hi), p, float(np.mean(a < b)))
+
+
+def benjamini_hochberg(p_values: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate); ``None`` entries are skipped."""
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out: list[Optional[float]] = [None] * len(p_values)
+    if not idx:
+        return out
+    p = np.array([p_values[i] for i in idx], dtype=np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adj = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    for rank, j in enumerate(order):
+        out[idx[j]] = float(min(adj[rank], 1.0))
+    return out
 
 #: relative change of the mean best validation MSE between rungs below which a rung is converged
 CONVERGED_TOL = 0.02
