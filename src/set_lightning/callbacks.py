@@ -33,6 +33,11 @@ class TimeBudget(Callback):
     clock to use on GPUs or with several threads). A module with ``scheduler: cosine`` decays its
     learning rate to 0 at the budget (``progress`` is the fraction spent).
 
+    Under DDP every rank decides the same: at the end of each training step the ranks' clocks are
+    reduced (their maximum: the budget is spent when the slowest rank's clock says so), and every rank
+    stops at the same step and gives its module the same ``progress`` (``budget_progress``, read by the
+    cosine schedule), so the replicas' learning rates, and their weights, stay identical.
+
     With ``curve_file``, each validation appends one JSON line ``{"epoch", "step", "train_s",
     "wall_s", "val_pos_mse", ...}`` (every logged ``val/*`` value, ``train_s`` on the budget's clock).
 
@@ -54,6 +59,7 @@ class TimeBudget(Callback):
         self.curve: list[dict[str, Any]] = []
         self._since: Optional[float] = None
         self._wall0: Optional[float] = None
+        self._synced = 0.0  # seconds spent at the last optimiser step, the maximum over the DDP ranks
 
     def _now(self) -> float:
         return time.process_time() if self.clock == "process" else time.perf_counter()
@@ -77,13 +83,37 @@ class TimeBudget(Callback):
         """Fraction of the budget spent, in ``[0, 1]``."""
         return min(1.0, self.spent / self.budget_s)
 
+    def synced_spent(self, trainer: pl.Trainer) -> float:
+        """Training seconds spent, the same on every rank: the maximum over the DDP ranks (a collective:
+        every rank must call it at the same point)."""
+        spent = self.spent
+        if trainer.world_size > 1:
+            value = torch.tensor([spent], dtype=torch.float64, device=trainer.strategy.root_device)
+            spent = float(trainer.strategy.reduce(value, reduce_op="max"))
+        return spent
+
+    def _share(self, pl_module: pl.LightningModule, spent: float) -> None:
+        """Give the module the fraction of the budget spent (a module with ``budget_progress`` reads it)."""
+        if hasattr(pl_module, "budget_progress"):
+            pl_module.budget_progress = min(1.0, spent / self.budget_s)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._synced = self.synced_spent(trainer)  # a resumed run starts part-way
+        self._share(pl_module, self._synced)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self._wall0 is None:
             self._wall0 = time.perf_counter()
         self._start()
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        # the one collective of a step: before the optimiser and learning-rate scheduler step, so the rate
+        # of the next step follows the budget spent up to this one, on every rank alike
+        self._synced = self.synced_spent(trainer)
+        self._share(pl_module, self._synced)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.spent >= self.budget_s:
+        if self._synced >= self.budget_s:  # the same value on every rank: they stop at the same step
             trainer.should_stop = True
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -18,8 +18,21 @@ class UserError(ValueError):
     """A problem with the user's input (a config value, a file, a checkpoint), not a bug.
 
     A ``ValueError`` subclass, so callers that catch bad values as ``ValueError`` keep working; but
-    only this type (not every ``ValueError``) is shown as a one-line error.
+    only this type (not every ``ValueError``) is shown as a one-line error. A subclass whose
+    ``same_on_every_rank`` is true is raised by every DDP rank at once with the same message: only
+    rank 0 prints it.
     """
+
+    same_on_every_rank = False
+
+
+def _global_rank() -> int:
+    """This process's DDP rank as Lightning set it (0 outside DDP)."""
+    try:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+    except ImportError:
+        return 0
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -77,6 +90,7 @@ def run_with_clean_errors(fn: Callable[[], Any], hint: Optional[Callable[[str], 
                 outer = one_line(err)
                 hinted = text + hint(outer)[len(outer):]
             text = hinted
-        print(f"error: {text}", file=sys.stderr)
+        if not (getattr(cause, "same_on_every_rank", False) and _global_rank() != 0):
+            print(f"error: {text}", file=sys.stderr)
         return 1
     return 0

@@ -172,6 +172,8 @@ class SETLightningCLI(LightningCLI):
                             f"choose a writable folder with --{field}")
         if self.subcommand in SINGLE_DEVICE_SUBCOMMANDS:
             _check_single_device(self.subcommand, cfg.trainer)
+        elif "trainer.devices" not in named_keys(self.argv):
+            _check_ddp_devices(cfg.trainer)
         if self.subcommand in (None, "fit"):
             _cap_log_every_n_steps(cfg)
         else:  # evaluation writes no checkpoints: that a run was moved since it wrote them is no news
@@ -400,6 +402,19 @@ def _check_single_device(subcommand: str, trainer_cfg: Any) -> None:
             f"trainer.devices/num_nodes: {subcommand} runs on one device (a DistributedSampler pads the last "
             f"shard and would count some trajectories twice), got devices={devices!r}, num_nodes={nodes!r}; "
             "pass --trainer.devices 1 --trainer.num_nodes 1"
+        )
+
+
+def _check_ddp_devices(trainer_cfg: Any) -> None:
+    """A DDP strategy with the default ``devices: 1`` starts one process: say so, naming trainer.devices."""
+    strategy, devices = trainer_cfg.get("strategy"), trainer_cfg.get("devices", 1)
+    name = strategy if isinstance(strategy, str) else str(getattr(strategy, "class_path", "") or "")
+    ddp = name.lower().startswith("ddp") or name.endswith("DDPStrategy")
+    if ddp and devices in (1, "1") and trainer_cfg.get("num_nodes", 1) == 1:
+        raise UserError(
+            f"trainer.devices: strategy {_class_name(name)!r} starts one process per device, and trainer.devices is "
+            "1 (the default): one process; pass --trainer.devices N (N GPUs, or N CPU processes with "
+            "--trainer.accelerator cpu) or drop --trainer.strategy"
         )
 
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torchmetrics import MeanSquaredError
 
-from set_lightning.callbacks import TimeBudget
 from set_lightning.errors import UserError
 from set_lightning.models.base import GraphModel, NBodyModel
 from set_lightning.models.registry import build_from_config
@@ -44,8 +43,15 @@ def error_summary(per_traj: torch.Tensor, min_dist: torch.Tensor | None, close_b
     return out
 
 
+#: training steps between two checks of the losses for NaN / inf (each check is one host sync)
+NONFINITE_CHECK_EVERY = 16
+
+
 class NonFiniteLossError(UserError):
-    """Raised when the training loss becomes NaN or infinite (a setting to change: one error line)."""
+    """Raised when the training loss becomes NaN or infinite (a setting to change: one error line), by
+    every DDP rank at the same step (:meth:`SETLightningModule.check_finite_losses`)."""
+
+    same_on_every_rank = True
 
 
 class SETLightningModule(pl.LightningModule):
@@ -132,6 +138,11 @@ class SETLightningModule(pl.LightningModule):
         self._per_traj: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
         #: the last full split's per-trajectory errors, ``(S, 2)``: position MSE and min distance
         self.per_trajectory: dict[str, torch.Tensor] = {}
+        #: training losses (loss, pos, vel) on the device, and (epoch, batch) of each, since the last check
+        self._recent_losses: list[torch.Tensor] = []
+        self._recent_where: list[tuple[int, int]] = []
+        #: the fraction of a training-time budget spent, set by a TimeBudget callback (None: no budget)
+        self.budget_progress: Optional[float] = None
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,20 +173,56 @@ class SETLightningModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, pos, vel, _, _ = self.losses(batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} "
-                f"(pos_mse={pos.item():.4g}, vel_mse={vel.item():.4g}); lower model.lr "
-                "(currently {:.3g}), enable the model's norm_diff/tanh options, or use "
-                "trainer.gradient_clip_val. Checkpoints written so far are kept.".format(self.hparams.lr)
-            )
+        # the non-finite check reads the losses every NONFINITE_CHECK_EVERY steps (not a host sync a step)
+        self._recent_losses.append(torch.stack([loss, pos, vel]).detach().double())
+        self._recent_where.append((self.current_epoch, batch_idx))
+        if len(self._recent_losses) >= NONFINITE_CHECK_EVERY:
+            self.check_finite_losses()
         bs = batch["x"].shape[0]
-        # per step (every trainer.log_every_n_steps) and per epoch: train/loss_step, train/loss_epoch
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=bs)
+        # per step (every trainer.log_every_n_steps) and per epoch: train/loss_step, train/loss_epoch;
+        # the epoch values are averaged over the DDP ranks
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=bs)  # the progress bar's
-        self.log("train/pos_mse", pos, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("train/vel_mse", vel, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train/pos_mse", pos, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("train/vel_mse", vel, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
+
+    def check_finite_losses(self) -> None:
+        """Raise :class:`NonFiniteLossError` when a training loss since the last check was NaN or infinite.
+
+        Every DDP rank calls it at the same steps (every ``NONFINITE_CHECK_EVERY`` training steps, before
+        each validation and at the end of each training epoch, so before any checkpoint is written) and
+        gathers the others' losses: all ranks raise the same error, naming the first non-finite loss.
+        """
+        if not self._recent_losses:
+            return
+        losses, where = torch.stack(self._recent_losses), self._recent_where  # (k, 3): loss, pos, vel
+        self._recent_losses, self._recent_where = [], []
+        bad = ~torch.isfinite(losses[:, 0])
+        index = torch.arange(len(where), device=losses.device, dtype=torch.float64)
+        first = torch.where(bad, index, torch.full_like(index, len(where))).min()
+        row = torch.cat([first.reshape(1), losses[first.clamp(max=len(where) - 1).long()]])
+        rows = self.all_gather(row).reshape(-1, 4) if self.trainer.world_size > 1 else row.reshape(1, 4)
+        rows = rows.tolist()  # one host sync per check
+        rank = min(range(len(rows)), key=lambda r: rows[r][0])
+        k, loss, pos, vel = rows[rank]
+        if k >= len(where):
+            return
+        epoch, batch_idx = where[int(k)]
+        on_rank = f" on rank {rank}" if len(rows) > 1 else ""
+        raise NonFiniteLossError(
+            f"training loss is {loss} at epoch {epoch}, batch {batch_idx}{on_rank} "
+            f"(pos_mse={pos:.4g}, vel_mse={vel:.4g}); lower model.lr "
+            "(currently {:.3g}), enable the model's norm_diff/tanh options, or use "
+            "trainer.gradient_clip_val. Checkpoints written so far are kept.".format(self.hparams.lr)
+        )
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_losses()  # before ModelCheckpoint saves the epoch
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.check_finite_losses()  # before this validation's checkpoint
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         loss, _, _, x_pred, v_pred = self.losses(batch)
@@ -300,14 +347,15 @@ class SETLightningModule(pl.LightningModule):
         return warm * 0.5 * (1.0 + math.cos(math.pi * min(1.0, self.training_progress(step))))
 
     def training_progress(self, step: int) -> float:
-        """Fraction of training done: of the steps (max_steps / max_epochs) or of a time budget."""
+        """Fraction of training done: of the steps (max_steps / max_epochs) or of a time budget
+        (``budget_progress``, which a :class:`~set_lightning.callbacks.TimeBudget` sets after every step,
+        the same on every DDP rank), whichever is further."""
         done = 0.0
         total = self.trainer.estimated_stepping_batches
         if math.isfinite(total) and total > 0:
             done = step / total
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, TimeBudget):
-                done = max(done, cb.progress)
+        if self.budget_progress is not None:
+            done = max(done, self.budget_progress)
         return done
 
 
