@@ -100,3 +100,21 @@ def test_random_orthogonal_helper():
         r = random_orthogonal(det, seed=3)
         assert torch.allclose(r @ r.T, torch.eye(3, dtype=r.dtype), atol=1e-12)
         assert abs(torch.linalg.det(r).item() - det) < 1e-12
+
+
+@pytest.mark.parametrize("det", [1.0, -1.0], ids=["rotation", "reflection"])
+@pytest.mark.parametrize("name", ["egnn", "set"])
+def test_clamped_coordinate_update_stays_equivariant(name, det, monkeypatch):
+    """The coordinate-message clamp bounds each message's norm, so it keeps E(3) equivariance when active."""
+    from set_lightning.models import egcl
+
+    model = _model(tiny_models()[name])
+    x, v, q = random_inputs(seed=0)
+    with torch.no_grad():
+        free = model(x, v, q)
+    monkeypatch.setattr(egcl, "TRANS_CLAMP", 1e-6)  # every coordinate message is longer than this: all clamped
+    with torch.no_grad():
+        clamped = model(x, v, q)
+    assert (clamped[0] - free[0]).abs().max() > 1e-4  # the clamp is active
+    ex, ev = _transform_errors(model, det)
+    assert ex < TOL and ev < TOL, (ex, ev)

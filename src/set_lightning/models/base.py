@@ -12,6 +12,20 @@ from ..errors import UserError
 from .layers import Graph
 
 
+
+def require_sizes(**sizes: int) -> None:
+    """Raise a one-line :class:`UserError` naming the first size (a width, a count of layers) below 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def require_dropout(dropout: float) -> None:
+    """Raise a one-line :class:`UserError` unless ``dropout`` is a probability in ``[0, 1)``."""
+    if not 0 <= dropout < 1:
+        raise UserError(f"dropout must be in [0, 1) (the probability of zeroing a unit; 0 = none), got {dropout}")
+
+
 class NBodyModel(nn.Module):
     """Base class of every model that the LightningModule can train.
 

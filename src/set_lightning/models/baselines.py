@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import NBodyModel
+from .base import NBodyModel, require_dropout, require_sizes
 from .layers import mlp
 
 
@@ -64,8 +64,7 @@ class MLP(NBodyModel):
 
     def __init__(self, *, hidden: int = 64, n_layers: int = 3, n_frames: int = 1) -> None:
         super().__init__()
-        if n_layers < 1 or n_frames < 1:
-            raise UserError("n_layers and n_frames must be >= 1")
+        require_sizes(hidden=hidden, n_layers=n_layers, n_frames=n_frames)
         self.n_frames = n_frames
         self.net = mlp(d_in=6 * n_frames + 1, d_hidden=hidden, d_out=6, n_layers=n_layers)
 
@@ -102,6 +101,8 @@ class LSTM(NBodyModel):
 
     def __init__(self, *, hidden: int = 64, n_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
+        require_sizes(hidden=hidden, n_layers=n_layers)
+        require_dropout(dropout)
         self.lstm = nn.LSTM(7, hidden, num_layers=n_layers, batch_first=True,
                             dropout=dropout if n_layers > 1 else 0.0)
         self.head = nn.Linear(hidden, 6)

@@ -31,7 +31,7 @@ class EGCL(nn.Module):
     ``equivariant=False`` feeds the coordinate differences to ``phi_e`` and predicts ``phi_x`` and
     ``phi_v`` as raw 3-vectors (``MLP([m_ij, x_i - x_j])``, ``MLP([h_i, v_i])``): no longer rotation
     equivariant, still translation invariant. As in EGNN, the last layer of ``phi_x`` has no bias and is
-    xavier-initialised with gain 0.001, and every coordinate message is clamped to +-100.
+    xavier-initialised with gain 0.001, and every coordinate message is clamped to norm <= 100.
 
     Implementation (same function, fewer passes over the edge tensors, which dominate the cost): edges
     are dense ``(G, N, K, .)`` tensors holding only the graph's edges (complete graph: ``K = N - 1``,
@@ -139,8 +139,9 @@ class EGCL(nn.Module):
         else:
             trans = self.phi_x(m, diff.unsqueeze(-2))
         # EGNN's reference clamps every coordinate message to +-100 ("never activated but just in
-        # case it explodes"); it keeps a diverging early step from producing inf
-        trans = trans.clamp(-TRANS_CLAMP, TRANS_CLAMP)
+        # case it explodes"); it keeps a diverging early step from producing inf. Clamped by its norm (per
+        # component would turn the vector: not rotation equivariant, and no gradient once clamped)
+        trans = trans * (TRANS_CLAMP / torch.linalg.vector_norm(trans, dim=-1, keepdim=True).clamp(min=TRANS_CLAMP))
         if w is not None:
             x = x + self.coords_weight * (w.mean(-1, keepdim=True) * trans).sum(-2)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import GraphModel
+from .base import GraphModel, require_sizes
 from .egcl import EGCL
 from .layers import VectorOut
 
@@ -55,6 +55,7 @@ class EGNN(GraphModel):
     ) -> None:
         super().__init__()
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
+        require_sizes(hidden=hidden, n_layers=n_layers, n_heads=n_heads)
         self.embedding = nn.Linear(node_dim, hidden)
         self.layers = nn.ModuleList(
             EGCL(hidden=hidden, edge_dim=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True,
@@ -73,7 +74,7 @@ class EGNN(GraphModel):
         attrs = self.node_attributes(charges, node_attr)
         graph, edges = self.graph_edges(x0, attrs, self.pair_attributes(edge_attr), 1)
         h = self.embedding(torch.cat([torch.linalg.vector_norm(v0, dim=-1, keepdim=True),
-                                      attrs[..., 1:].to(x.dtype)], dim=-1))
+                                      attrs[..., 1:].to(x.dtype)], dim=-1)).to(x.dtype)  # fp32 under autocast
         xs = x0
         for layer in self.layers:
             h, xs = layer(h, xs, v0, edges, graph)

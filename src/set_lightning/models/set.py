@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import GraphModel
+from .base import GraphModel, require_dropout, require_sizes
 from .egcl import EGCL
 from .etal import ETAL
 from .layers import Graph, VectorOut
@@ -146,8 +146,10 @@ class SET(GraphModel):
         if adjacency and graph != "complete":
             raise UserError(f"adjacency=True attends to every node at every frame: it needs graph='complete', "
                             f"got graph={graph!r}")
-        if hidden < 1 or n_blocks < 1 or n_spatial_layers < 0 or n_heads < 1:
-            raise UserError("hidden, n_blocks, n_heads must be >= 1 and n_spatial_layers >= 0")
+        require_sizes(hidden=hidden, n_blocks=n_blocks, n_heads=n_heads)
+        require_dropout(dropout)
+        if n_spatial_layers < 0:
+            raise UserError(f"n_spatial_layers must be >= 0, got {n_spatial_layers}")
         if readout not in READOUTS:
             raise UserError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
         self.readout = readout
@@ -177,7 +179,9 @@ class SET(GraphModel):
         feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), self.charges_per_frame(x, attrs)]
         if not self.equivariant:
             feats += [x - x.mean(dim=2, keepdim=True), v]
-        h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1)
+        # in the inputs' precision: under autocast the residual stream h stays fp32 (each residual add of a
+        # bf16 / fp16 layer output to it promotes to fp32), only the layers' matmuls run in low precision
+        h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1).to(x.dtype)
         xs, us = x.reshape(b * ell, n, 3), v.reshape(b * ell, n, 3)
         graph, edges = self.graph_edges(xs, attrs, pair, ell)
         for block in self.blocks:
