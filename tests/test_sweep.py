@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,27 @@ def test_bad_specs_name_the_field(tmp_path, spec, field):
     path = write_spec(tmp_path, {"name": "bad", **spec})
     with pytest.raises(UserError, match=field):
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: twice\nvariants:\n  a: {model.lr: 0.1}\n  a: {model.lr: 0.2}\n", "key 'a' is given twice"),
+        ("name: ../outside\n", "name '../outside' must be a plain folder name"),
+        ("name: sub/dir\n", "name 'sub/dir' must be a plain folder name"),
+        ("name: back\\slash\n", "must be a plain folder name"),
+        ("name: empty\nvariants: {}\n", "variants is empty"),
+        ("name: empty\nvariants:\n", "variants is empty"),
+    ],
+    ids=["variant_twice", "dotdot", "slash", "backslash", "empty_mapping", "empty_value"],
+)
+def test_sweep_files_that_would_run_the_wrong_thing_are_refused(tmp_path, text, message):
+    path = tmp_path / "ablations" / "spec.yaml"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        load_spec(path)
+    assert "\n" not in str(err.value)
 
 
 def test_welch_p_value_and_summary():

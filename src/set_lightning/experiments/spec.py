@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import yaml
 
-from set_lightning.errors import UserError
+from set_lightning.errors import UserError, one_line
 from set_lightning.experiments.records import SPEC_FILE, read_json, write_json
 
 SPEC_KEYS = {"name", "description", "base", "overrides", "seeds", "reference", "variants", "grid", "vary_data_seed",
@@ -153,15 +153,32 @@ def _fail(path: Path, msg: str) -> UserError:
     return UserError(f"{path}: {msg}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate an ablation file; errors name the field and the allowed values."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ablation file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except yaml.constructor.ConstructorError as err:
+        raise _fail(path, str(err.problem)) from None
     except yaml.YAMLError as err:
-        raise _fail(path, f"not valid YAML ({err})") from None
+        raise _fail(path, f"not valid YAML ({one_line(err)})") from None
     return parse_spec(raw, path)
 
 
@@ -193,6 +210,13 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
         raise _fail(path, f"seeds must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise _fail(path, f"seeds must be distinct, got {seeds}")
+    name = str(raw.get("name", path.stem))
+    if not name or ".." in name or "/" in name or "\\" in name:
+        raise _fail(path, f"name {name!r} must be a plain folder name (no '..', no '/' or '\\'): the runs go to "
+                          "<out>/<name>/")
+    if "variants" in raw and not raw["variants"]:
+        raise _fail(path, "variants is empty: list at least one variant (name: {dotted overrides}), or drop the "
+                          "key to run the base config as one variant 'default'")
     variants = raw.get("variants") or {"default": {}}
     if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
         raise _fail(path, "variants must map a variant name to a mapping of dotted overrides")
@@ -219,7 +243,7 @@ def parse_spec(raw: Any, path: Path) -> SweepSpec:
             if not (root / c).is_file():
                 raise _fail(path, f"config file {c!r} not found (paths are relative to {root})")
     return SweepSpec(
-        name=str(raw.get("name", path.stem)),
+        name=name,
         path=path,
         base=base,
         seeds=seeds,
