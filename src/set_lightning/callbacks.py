@@ -143,6 +143,31 @@ class TimeBudget(Callback):
         self.curve = list(state_dict.get("curve", []))
 
 
+class RemoveRunOnError(Callback):
+    """Removes the folder of a new run that stopped on a user error before its first optimiser step and
+    checkpoint (a model that does not fit the data, say): a one-line error leaves nothing half-written.
+
+    The CLI adds it to a ``fit`` that starts a new, automatically numbered run; the folder's parents
+    (``runs/<name>``, ``runs``) go too when that leaves them empty. Rank 0 removes.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        log_dir = getattr(trainer.logger, "log_dir", None)  # not trainer.log_dir: a collective under DDP
+        if (not isinstance(exception, UserError) or not trainer.is_global_zero or trainer.global_step > 0
+                or log_dir is None or not Path(log_dir).is_dir() or any(Path(log_dir).rglob("*.ckpt"))):
+            return
+        import shutil
+
+        run = Path(log_dir)
+        shutil.rmtree(run, ignore_errors=True)
+        save_dir = getattr(trainer.logger, "save_dir", None)
+        stop = Path(save_dir).resolve().parent if save_dir else run.parent
+        for parent in run.parents:
+            if parent.resolve() == stop or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 class InterruptHint(Callback):
     """On Ctrl-C, says how to go on: the command that resumes the run from its ``last.ckpt``.
 

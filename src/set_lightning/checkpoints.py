@@ -8,6 +8,7 @@ and predict of a checkpoint write into that directory, and resume continues ther
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -43,6 +44,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         head = f.read(4)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # the archive is fine: it holds objects the safe loader refuses
+        if head == _ZIP_MAGIC and "weights only load failed" in str(err).lower():
+            raise UserError(f"ckpt_path: {path} holds objects that are not plain tensors and values (pickled "
+                            "Python objects), which this program will not unpickle (unpickling can run code); "
+                            "use a checkpoint written by this program, or re-save its state_dict and "
+                            "hyper-parameters as plain values") from None
+        raise UserError(f"ckpt_path: {path} is truncated or corrupt (its archive cannot be read); "
+                        "use another checkpoint of the run (e.g. last.ckpt) or copy it again") from None
     except Exception:  # noqa: BLE001 - any failure to read means the file is unusable
         if head != _ZIP_MAGIC:
             raise UserError(f"ckpt_path: {path} is not a checkpoint file (not a PyTorch archive)") from None
@@ -132,4 +141,26 @@ def latest_last_checkpoint(root: str | os.PathLike) -> Path:
     found = sorted(Path(root).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise UserError(f"ckpt_path: 'last' found no {Path(root)}/*/checkpoints/last.ckpt to resume from")
+    return found[-1]
+
+
+def latest_best_checkpoint(root: str | os.PathLike) -> Path:
+    """The best checkpoint of the newest run under ``root`` (``test --ckpt_path best``): the one its
+    ``last.ckpt`` records as best, else its newest ``best-*.ckpt``.
+
+    Raises:
+        UserError: no run under ``root`` has a checkpoint.
+    """
+    runs = [p for p in Path(root).glob("*/checkpoints") if any(p.glob("*.ckpt"))]
+    if not runs:
+        raise UserError(f"ckpt_path: 'best' found no {Path(root)}/*/checkpoints/*.ckpt to evaluate")
+    newest = max(runs, key=lambda d: max(f.stat().st_mtime for f in d.glob("*.ckpt")))
+    last = newest / "last.ckpt"
+    if last.is_file():
+        recorded = CheckpointInfo.read(last).best_path
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+        if recorded and (newest / Path(recorded).name).is_file():  # the run was moved since
+            return newest / Path(recorded).name
+    found = sorted(newest.glob("best*.ckpt"), key=lambda f: f.stat().st_mtime) or [last]
     return found[-1]

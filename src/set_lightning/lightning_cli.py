@@ -30,18 +30,21 @@ from typing import Any, Optional, Sequence
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from set_lightning import program_name, trained
-from set_lightning.callbacks import ModelSummary
-from set_lightning.checkpoints import CheckpointInfo, is_checkpoint_file_path, latest_last_checkpoint
+from set_lightning.callbacks import ModelSummary, RemoveRunOnError
+from set_lightning.checkpoints import (CheckpointInfo, is_checkpoint_file_path, latest_best_checkpoint,
+                                       latest_last_checkpoint)
 from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
 from set_lightning.data import NBodyDataModule
 from set_lightning.errors import UserError, one_line
 from set_lightning.files import unwritable_reason
 from set_lightning.lit import SETLightningModule
+from set_lightning.quiet import silence_lightning_noise
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: subcommands that report a metric over a split: one device (DistributedSampler pads the last shard)
@@ -124,6 +127,7 @@ class SETLightningCLI(LightningCLI):
         if args is None:
             sys.argv[1:] = resolve_config_args(sys.argv[1:])
         self.argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
+        check_config_files(self.argv)
         self.config = parser.parse_args(canonical_model_names(self.argv))
         sub = self.config.get("subcommand")
         if sub:
@@ -132,13 +136,22 @@ class SETLightningCLI(LightningCLI):
     def _use_checkpoint_settings(self, parser, sub: str) -> None:
         """Make ``--ckpt_path`` authoritative: its run's model and data settings and directory."""
         cfg = self.config[sub]
-        if sub == "fit" and cfg.get("ckpt_path") == "last":
+        ckpt = cfg.get("ckpt_path")
+        if sub != "fit" and ckpt is None:
+            raise UserError(f"ckpt_path: {sub} evaluates a trained model: pass --ckpt_path FILE (a .ckpt of a run), "
+                            "--ckpt_path last / best (the newest run's last / best checkpoint) or a shipped "
+                            "model's name (listed by --help)")
+        if ckpt in ("last", "best") and (sub != "fit" or ckpt == "last"):
             logger = cfg.get("trainer.logger")
             if not _is_dir_logger(logger):
-                raise UserError("ckpt_path: 'last' needs a logger with save_dir and name (e.g. the "
+                raise UserError(f"ckpt_path: {ckpt!r} needs a logger with save_dir and name (e.g. the "
                                 "TensorBoard logger); pass a checkpoint file instead")
-            cfg["ckpt_path"] = str(latest_last_checkpoint(Path(logger.init_args.save_dir) / logger.init_args.name))
-            print(f"resuming from {cfg['ckpt_path']}")
+            root = Path(logger.init_args.save_dir) / logger.init_args.name
+            cfg["ckpt_path"] = str(latest_last_checkpoint(root) if ckpt == "last" else latest_best_checkpoint(root))
+            print(f"{'resuming from' if sub == 'fit' else 'checkpoint:'} {cfg['ckpt_path']}")
+        elif ckpt == "best":
+            raise UserError("ckpt_path: 'best' names the best checkpoint of a run to evaluate (test, validate, "
+                            "predict); to go on training, pass --ckpt_path last or a checkpoint file")
         shipped = trained.shipped_path(cfg.get("ckpt_path"))
         if shipped is not None:  # a shipped model's name (trained/manifest.json)
             cfg["ckpt_path"] = str(shipped)
@@ -174,6 +187,8 @@ class SETLightningCLI(LightningCLI):
             _check_single_device(self.subcommand, cfg.trainer)
         elif "trainer.devices" not in named_keys(self.argv):
             _check_ddp_devices(cfg.trainer)
+        if self.ckpt_info is None:  # a checkpoint's model keeps the dims it was trained with
+            follow_data_dims(cfg, named_keys(self.argv))
         if self.subcommand in (None, "fit"):
             _cap_log_every_n_steps(cfg)
         else:  # evaluation writes no checkpoints: that a run was moved since it wrote them is no news
@@ -200,6 +215,20 @@ class SETLightningCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, LightningModelSummary)]
         elif not any(isinstance(c, LightningModelSummary) for c in callbacks):
             callbacks.append(ModelSummary(max_depth=2))
+        if trainer_cfg.get("logger") in (False, None):
+            needy = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+            if needy:
+                callbacks = [c for c in callbacks if c not in needy]
+                print(f"note: trainer.logger is off: {', '.join(sorted({type(c).__name__ for c in needy}))} "
+                      "left out (it needs a logger)")
+        if trainer_cfg.get("fast_dev_run"):
+            for c in callbacks:  # Lightning saves last.ckpt at train end even under fast_dev_run
+                if isinstance(c, ModelCheckpoint):
+                    c.save_last = False
+        logger_cfg = (self.config[self.subcommand] if self.subcommand else self.config).get("trainer.logger")
+        if self.subcommand == "fit" and self.ckpt_info is None and _is_dir_logger(logger_cfg) \
+                and logger_cfg.init_args.version is None:  # a new, numbered run folder
+            callbacks.append(RemoveRunOnError())
         kwargs.setdefault("enable_model_summary", False)  # the callbacks above decide
         return super().instantiate_trainer(callbacks=callbacks, **{**self.trainer_kwargs, **kwargs})
 
@@ -405,6 +434,68 @@ def _check_single_device(subcommand: str, trainer_cfg: Any) -> None:
         )
 
 
+def check_config_files(words: Sequence[str]) -> None:
+    """Each ``--config`` file is YAML (an error names the file and the line) whose ``trainer``, ``model`` and
+    ``data`` sections are mappings (``trainer: 5`` would be ignored silently otherwise).
+
+    Raises:
+        UserError: one line naming the file.
+    """
+    from set_lightning.configs import config_arg_values
+
+    for _, value in config_arg_values(words):
+        path = Path(value)
+        if not path.is_file():
+            continue  # the parser says that it is missing
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or one_line(err)
+            raise UserError(f"--config {value}: not valid YAML{where}: {problem}") from None
+        if loaded is None:
+            continue
+        if not isinstance(loaded, dict):
+            raise UserError(f"--config {value}: a config file must be a mapping of sections (trainer:, model:, "
+                            f"data:, ...), got a {type(loaded).__name__}")
+        for section in ("trainer", "model", "data"):
+            if section in loaded and not isinstance(loaded[section], (dict, type(None))):
+                raise UserError(f"--config {value}: '{section}' must be a mapping of {section} options "
+                                f"(indented key: value lines), got {loaded[section]!r}")
+
+
+def follow_data_dims(cfg: Any, named: set[str]) -> None:
+    """Set the model's ``node_dim`` / ``edge_dim`` to what the data carry, unless the command sets them.
+
+    A value the command sets (on the command line or in a ``--config`` file) that contradicts the data is an
+    error now, before anything is written (rather than at the first batch).
+    """
+    from set_lightning.models.registry import model_class, model_kwargs
+
+    cls = model_class(cfg.get("model.net.class_path"))
+    names = set(model_kwargs(cls)) if cls is not None else set()
+    if not names & {"node_dim", "edge_dim"} or not isinstance(cfg.get("data"), Namespace):
+        return
+    import inspect
+
+    accepted = set(inspect.signature(NBodyDataModule.__init__).parameters) - {"self"}
+    node, edge = NBodyDataModule(**{k: v for k, v in cfg["data"].items() if k in accepted}).attribute_dims()
+    graph = cfg.get("model.net.init_args.graph")
+    for key, carried, what in (("node_dim", node, "node attribute column(s)"),
+                               ("edge_dim", edge, "pair attribute channel(s) (edge_attr)")):
+        if key not in names:
+            continue
+        full = f"model.net.init_args.{key}"
+        if f"model.net.{key}" not in named:
+            cfg[full] = carried
+            continue
+        given = cfg.get(full)
+        if given != carried and not (key == "edge_dim" and graph == "given" and given == 0 and carried > 0):
+            raise UserError(f"{full}: {given} given, but the data carry {carried} {what}; set {carried}, or leave "
+                            f"it unset (it follows the data)")
+
+
 def _check_ddp_devices(trainer_cfg: Any) -> None:
     """A DDP strategy with the default ``devices: 1`` starts one process: say so, naming trainer.devices."""
     strategy, devices = trainer_cfg.get("strategy"), trainer_cfg.get("devices", 1)
@@ -430,6 +521,7 @@ def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: A
     ``kwargs`` go to :class:`SETLightningCLI` (e.g. ``trainer_defaults={"callbacks": [...]}`` adds
     callbacks to those of the config; ``parse_only=True`` with ``run=False`` stops after parsing).
     """
+    silence_lightning_noise()
     return SETLightningCLI(args=args, run=run, **kwargs)
 
 

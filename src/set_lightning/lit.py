@@ -71,7 +71,8 @@ class SETLightningModule(pl.LightningModule):
         scheduler: learning-rate schedule, one of ``none``, ``cosine`` (to 0 at the end of training,
             stepped every batch: the end is ``trainer.max_steps``/``max_epochs`` or, with a
             :class:`~set_lightning.callbacks.TimeBudget` callback, its budget, whichever comes first)
-            or ``plateau`` (halve when ``val/pos_mse`` stalls).
+            or ``plateau`` (halve when ``val/pos_mse`` stalls; stepped after each validation, also with
+            ``trainer.check_val_every_n_epoch`` > 1).
         plateau_patience: epochs without improvement before ``plateau`` halves the rate.
         warmup_steps: linear learning-rate warm-up over the first optimiser steps (0 = none; not
             with ``plateau``).
@@ -336,7 +337,11 @@ class SETLightningModule(pl.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="min", factor=0.5, patience=self.hparams.plateau_patience
             )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/pos_mse"}}
+            # stepped after each validation: every check_val_every_n_epoch epochs (patience counts validations)
+            every = getattr(self._trainer, "check_val_every_n_epoch", None) if self._trainer is not None else None
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/pos_mse",
+                                                       "frequency": every if isinstance(every, int) and every > 1
+                                                       else 1}}
         return opt
 
     def lr_factor(self, step: int) -> float:

@@ -275,6 +275,17 @@ class NBodyDataModule(pl.LightningDataModule):
             self.counts = {split: len(idx) for split, idx in self.source_indices.items()}
         self.datasets: dict[str, NBodyDataset] = {}
 
+    def attribute_dims(self) -> tuple[int, int]:
+        """``(node_dim, edge_dim)`` of the samples: their node attribute columns (a file's ``node_attr``,
+        else the one charge / mass column) and pair attribute channels (``edge_attr``; 0 without it)."""
+        if self.source is not None:
+            t = next(iter(self.source_splits.values()))
+            node = t.node_attr.shape[-1] if t.node_attr is not None else 1
+            edge = 0 if t.edge_attr is None else (1 if t.edge_attr.dim() == 3 else t.edge_attr.shape[-1])
+            return node, edge
+        shape = self.spec("train").tensor_shapes().get("edge_attr")
+        return 1, 0 if shape is None else (1 if len(shape) == 3 else shape[-1])
+
     @property
     def n_frames(self) -> int:
         """Number of frames per trajectory (49 with the charged defaults, 50 for gravity, T of a file)."""
@@ -305,9 +316,17 @@ class NBodyDataModule(pl.LightningDataModule):
         """
         if stage is None:
             return SPLITS
+        stage = str(getattr(stage, "value", stage))  # Lightning passes its TrainerFn enum
         splits = STAGE_SPLITS.get(stage, SPLITS)
         for split in splits:
             if self.counts[split] < 1:
+                fractions = self.hparams.get("split_fractions")
+                if self.source is not None and fractions is not None:
+                    raise UserError(
+                        f"split_fractions {list(fractions)} leave the {split} split of {self.source} empty "
+                        f"({len(self.source_indices[split])} trajectories), and {stage} reads it: give it a "
+                        "fraction that holds at least one trajectory"
+                    )
                 field = COUNT_FIELDS[split]
                 raise UserError(f"{field} must be >= 1 to {stage} (it reads the {split} split), got {self.counts[split]}")
         return splits

@@ -57,6 +57,8 @@ def _fail(message: str) -> UserError:
 
 def _read(path: Path) -> dict[str, object]:
     """The raw arrays / tensors of a ``.npz`` or ``.pt`` file, by key."""
+    if path.is_dir():
+        raise _fail(f"{path} is a directory; pass a .npz or .pt trajectory file")
     if not path.is_file():
         raise _fail(f"no such file: {path}")
     suffix = path.suffix.lower()
