@@ -1,6 +1,6 @@
 """Run ``trainer.test`` of a fixed Linear model under 2-process DDP (gloo) and dump the metrics.
 
-Usage: python ddp_test_script.py CACHE_DIR OUT_JSON
+Usage: python ddp_test_script.py CACHE_DIR OUT_JSON [ACCELERATOR]   (cpu: gloo, the default; gpu: NCCL)
 """
 
 import json
@@ -15,10 +15,11 @@ from set_lightning.models import build_model
 
 if __name__ == "__main__":
     cache, out = sys.argv[1], sys.argv[2]
+    accelerator = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     torch.manual_seed(0)
     dm = NBodyDataModule(n_train=8, n_val=8, n_test=40, history=1, batch_size=6, cache_dir=cache)
     module = SETLightningModule(build_model("linear", time=0.9), lr=1e-3)
-    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(accelerator=accelerator, strategy="ddp", devices=2, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.test(module, datamodule=dm, verbose=False)
     if trainer.global_rank == 0:
