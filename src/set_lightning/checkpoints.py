@@ -33,7 +33,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         UserError: one line naming ``ckpt_path`` when the file is missing, truncated, not a PyTorch
-            checkpoint, or not a Lightning checkpoint.
+            checkpoint, holds pickled objects (which are never unpickled), or is not a Lightning checkpoint.
     """
     import torch
 
@@ -44,17 +44,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         head = f.read(4)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # the archive is fine: it holds objects the safe loader refuses
-        if head == _ZIP_MAGIC and "weights only load failed" in str(err).lower():
+    except Exception as err:  # noqa: BLE001 - any failure to read means the file is unusable
+        if head != _ZIP_MAGIC:
+            raise UserError(f"ckpt_path: {path} is not a checkpoint file (not a PyTorch archive)") from None
+        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
+            # the archive is whole: it holds objects the safe loader refuses
             raise UserError(f"ckpt_path: {path} holds objects that are not plain tensors and values (pickled "
                             "Python objects), which this program will not unpickle (unpickling can run code); "
                             "use a checkpoint written by this program, or re-save its state_dict and "
                             "hyper-parameters as plain values") from None
-        raise UserError(f"ckpt_path: {path} is truncated or corrupt (its archive cannot be read); "
-                        "use another checkpoint of the run (e.g. last.ckpt) or copy it again") from None
-    except Exception:  # noqa: BLE001 - any failure to read means the file is unusable
-        if head != _ZIP_MAGIC:
-            raise UserError(f"ckpt_path: {path} is not a checkpoint file (not a PyTorch archive)") from None
         raise UserError(f"ckpt_path: {path} is truncated or corrupt (its archive cannot be read); "
                         "use another checkpoint of the run (e.g. last.ckpt) or copy it again") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
