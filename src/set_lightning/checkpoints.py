@@ -138,7 +138,8 @@ def latest_last_checkpoint(root: str | os.PathLike) -> Path:
     """
     found = sorted(Path(root).glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise UserError(f"ckpt_path: 'last' found no {Path(root)}/*/checkpoints/last.ckpt to resume from")
+        raise UserError(f"ckpt_path: 'last' found no {Path(root)}/*/checkpoints/last.ckpt (no run of this logger "
+                        "name has saved one); pass a checkpoint file")
     return found[-1]
 
 

@@ -108,6 +108,15 @@ def test_evaluation_without_a_checkpoint_is_an_error_naming_ckpt_path(sub, data_
     assert not (tmp_path / "runs").exists() and not list(tmp_path.rglob("predictions*"))
 
 
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_evaluation_of_last_or_best_without_a_run_is_an_error(which, data_cache, tmp_path, capsys):
+    code, out, err = _main(["test", *tiny_args(data_cache), f"--ckpt_path={which}"], capsys)
+    assert code == 1 and "Traceback" not in err
+    (line,) = error_lines(err)
+    assert f"ckpt_path: '{which}' found no runs/quick/*/checkpoints/" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_evaluation_of_last_and_best_uses_the_newest_run(data_cache, tmp_path, capsys):
     code, out, err = _main(["fit", *tiny_args(data_cache), "--trainer.enable_progress_bar=false"], capsys)
     assert code == 0, err[-3000:]
