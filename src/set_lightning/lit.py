@@ -73,7 +73,8 @@ class SETLightningModule(pl.LightningModule):
             :class:`~set_lightning.callbacks.TimeBudget` callback, its budget, whichever comes first)
             or ``plateau`` (halve when ``val/pos_mse`` stalls; stepped after each validation, also with
             ``trainer.check_val_every_n_epoch`` > 1).
-        plateau_patience: epochs without improvement before ``plateau`` halves the rate.
+        plateau_patience: validations (epochs, with one validation an epoch) without improvement before
+            ``plateau`` halves the rate.
         warmup_steps: linear learning-rate warm-up over the first optimiser steps (0 = none; not
             with ``plateau``).
         close_encounter: trajectories whose closest particle pair (over the saved frames from the
@@ -353,8 +354,8 @@ class SETLightningModule(pl.LightningModule):
 
     def training_progress(self, step: int) -> float:
         """Fraction of training done: of the steps (max_steps / max_epochs) or of a time budget
-        (``budget_progress``, which a :class:`~set_lightning.callbacks.TimeBudget` sets after every step,
-        the same on every DDP rank), whichever is further."""
+        (``budget_progress``, which a :class:`~set_lightning.callbacks.TimeBudget` sets at every optimiser
+        step, the same on every DDP rank), whichever is further."""
         done = 0.0
         total = self.trainer.estimated_stepping_batches
         if math.isfinite(total) and total > 0:
