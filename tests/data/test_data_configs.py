@@ -64,13 +64,20 @@ def test_config_tiny_copy_simulates_and_loads(tmp_path, name):
 
 
 def test_springs_graph_reaches_the_model_or_a_one_line_error_says_how(tmp_path, data_cache):
-    """SET on springs samples: without edge_dim the spring graph would be ignored, so the run stops with
-    one error line naming the option; on the given spring graph with the springs as edge attribute it trains."""
+    """SET on springs samples: without edge_dim the model reads the spring graph (edge_dim follows the data);
+    an edge_dim the command sets against the data stops the run with one error line naming the option; on
+    the given spring graph with the springs as edge attribute it trains."""
     base = ["fit", *tiny_args(data_cache), "--data.system=springs", "--trainer.max_epochs=1"]
-    res = run_cli(base, cwd=tmp_path)
+    (tmp_path / "follows").mkdir()
+    res = run_cli(base, cwd=tmp_path / "follows")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(next((tmp_path / "follows" / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["net"]["init_args"]["edge_dim"] == 1
+    res = run_cli([*base, "--model.net.edge_dim=0"], cwd=tmp_path)
     assert res.returncode != 0
-    assert res.stderr.strip().splitlines()[-1].startswith("error: model edge_dim=0 but the samples carry 1 pair")
-    assert "set model.net.init_args.edge_dim=1" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: model.net.init_args.edge_dim: 0 given, but the "
+                                                          "data carry 1 pair")
+    assert "set 1" in res.stderr
     res = run_cli([*base, "--model.net.graph=given", "--model.net.edge_dim=1"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert list((tmp_path / "runs").rglob("last.ckpt"))
