@@ -15,6 +15,8 @@ LAYERS = {
     "set_lightning.cli": 0,
     "set_lightning.experiments": 1,
     "set_lightning.lightning_cli": 2,
+    "set_lightning.config_schema": 2,
+    "set_lightning.settings": 2,
     "set_lightning.lit": 3,
     "set_lightning.callbacks": 3,
     "set_lightning.checkpoints": 3,

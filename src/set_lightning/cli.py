@@ -58,7 +58,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(run_with_clean_errors(lambda: sweep_main(words[1:], prog=program_name())))
 
     from set_lightning.callbacks import InterruptHint
-    from set_lightning.lightning_cli import make_cli, model_hint
+    from set_lightning.config_schema import model_hint
+    from set_lightning.lightning_cli import make_cli
 
     hint = InterruptHint([program_name(), *words])
 

@@ -14,20 +14,18 @@ last shard and would count some trajectories twice).
 
 Only LightningCLI's public hooks are used (``add_arguments_to_parser``, ``parse_arguments``,
 ``before_instantiate_classes``, ``instantiate_classes``, ``instantiate_trainer``, ``after_<sub>``).
-:class:`ConfigSchema` (a parse-only CLI) checks a sweep's keys and resolves its runs' configs.
+How the settings are reconciled with a checkpoint and the data lives in :mod:`set_lightning.settings`;
+the schema that checks a sweep's keys (a parse-only CLI) in :mod:`set_lightning.config_schema`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import math
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -37,24 +35,30 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from set_lightning import program_name, trained
 from set_lightning.callbacks import ModelSummary, RemoveRunOnError
-from set_lightning.checkpoints import (CheckpointInfo, is_checkpoint_file_path, latest_best_checkpoint,
-                                       latest_last_checkpoint)
+from set_lightning.checkpoints import (
+    CheckpointInfo,
+    is_checkpoint_file_path,
+    latest_best_checkpoint,
+    latest_last_checkpoint,
+)
 from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
 from set_lightning.data import NBodyDataModule
-from set_lightning.errors import UserError, one_line
+from set_lightning.errors import UserError
 from set_lightning.files import unwritable_reason
 from set_lightning.lit import SETLightningModule
 from set_lightning.quiet import silence_lightning_noise
+from set_lightning.settings import (
+    canonical_model_names,
+    check_config_files,
+    class_name,
+    follow_data_dims,
+    named_keys,
+    reconcile_with_checkpoint,
+)
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: subcommands that report a metric over a split: one device (DistributedSampler pads the last shard)
 SINGLE_DEVICE_SUBCOMMANDS = ("validate", "test")
-#: model settings that only change how a checkpoint is evaluated: the command's value is used
-MODEL_EVAL_KEYS = {"close_encounter"}
-#: data settings of this machine, never taken from a checkpoint
-DATA_MACHINE_KEYS = {"cache_dir", "num_workers"}
-#: data settings test/validate/predict may change freely (how many trajectories, how batched)
-DATA_SIZE_KEYS = {"n_train", "n_val", "n_test", "batch_size"}
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -293,135 +297,6 @@ def _cap_log_every_n_steps(cfg: Any) -> None:
         cfg["trainer.log_every_n_steps"] = batches
 
 
-def _strip_init_args(key: str) -> str:
-    return ".".join(part for part in key.split(".") if part != "init_args")
-
-
-def named_keys(words: Sequence[str]) -> set[str]:
-    """The dotted config keys a command sets explicitly: its ``--key`` options and the keys of its
-    ``--config`` files (``init_args`` left out: ``model.net.hidden``; a class path: ``model.net``)."""
-    keys: set[str] = set()
-
-    def add(key: str) -> None:
-        key = _strip_init_args(key)
-        keys.add(key[: -len(".class_path")] if key.endswith(".class_path") else key)
-
-    def flatten(prefix: str, value: Any) -> None:
-        add(prefix)
-        if isinstance(value, dict):
-            for k, v in value.items():
-                flatten(f"{prefix}.{k}", v)
-
-    for i, word in enumerate(words):
-        if not word.startswith("-"):
-            continue
-        key, has_value, value = word.lstrip("-").partition("=")
-        if key in ("config", "c"):
-            path = value if has_value else (words[i + 1] if i + 1 < len(words) else "")
-            try:
-                loaded = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-            except yaml.YAMLError:
-                loaded = None
-            for k, v in (loaded or {}).items() if isinstance(loaded, dict) else ():
-                flatten(str(k), v)
-        elif key:
-            add(key)
-    return keys
-
-
-def _class_name(class_path: Any) -> str:
-    return str(class_path).rsplit(".", 1)[-1]
-
-
-def reconcile_with_checkpoint(cfg: Any, defaults: Any, named: set[str], info: Any, sub: str) -> None:
-    """Set ``cfg``'s model and data settings to those ``info`` (a checkpoint) was trained with.
-
-    A setting the command gives explicitly (named on the command line or in a ``--config`` file, or
-    different from the defaults) and that differs from the checkpoint's is an error naming both
-    values, except: data settings with ``allow_data_override`` (the command's value is used), the
-    trajectory counts and batch size outside ``fit``, and evaluation-only model settings.
-    Machine settings (``cache_dir``, ``num_workers``) always stay the command's.
-
-    Raises:
-        UserError: one line listing every conflict.
-    """
-    conflicts: list[str] = []
-
-    def explicit(key: str) -> bool:
-        return _strip_init_args(key) in named or cfg.get(key) != defaults.get(key)
-
-    def differs(key: str, trained: Any) -> bool:
-        return cfg.get(key) != trained and explicit(key)
-
-    net = info.model.get("net")
-    if isinstance(net, dict) and net.get("class_path"):
-        trained_args = dict(net.get("init_args") or {})
-        given = cfg.get("model.net.class_path")
-        if _class_name(given) != _class_name(net["class_path"]) and explicit("model.net.class_path"):
-            conflicts.append(f"model.net: checkpoint {_class_name(net['class_path'])}, command {_class_name(given)}")
-        elif _class_name(given) == _class_name(net["class_path"]):
-            conflicts += [f"model.net.{k}: checkpoint {v!r}, command {cfg.get(f'model.net.init_args.{k}')!r}"
-                          for k, v in trained_args.items() if differs(f"model.net.init_args.{k}", v)]
-        from jsonargparse import Namespace
-
-        cfg["model.net"] = Namespace(class_path=net["class_path"], init_args=Namespace(**trained_args))
-    for key, value in info.model.items():
-        if key == "net" or key in MODEL_EVAL_KEYS or f"model.{key}" not in cfg:
-            continue
-        if differs(f"model.{key}", value):
-            conflicts.append(f"model.{key}: checkpoint {value!r}, command {cfg.get(f'model.{key}')!r}")
-        cfg[f"model.{key}"] = value
-    model_conflicts = bool(conflicts)
-
-    overridden, taken = [], []
-    for key, value in (info.data or {}).items():
-        dotted = f"data.{key}"
-        if key in DATA_MACHINE_KEYS or dotted not in cfg or cfg.get(dotted) == value:
-            continue
-        if not explicit(dotted):
-            taken.append(f"{key}={value!r}")
-            cfg[dotted] = value
-        elif sub != "fit" and key in DATA_SIZE_KEYS:
-            continue
-        elif cfg.get("allow_data_override"):
-            overridden.append(f"{key}={cfg.get(dotted)!r} (trained with {value!r})")
-        else:
-            conflicts.append(f"{dotted}: checkpoint {value!r}, command {cfg.get(dotted)!r}")
-    if conflicts:
-        hints = []
-        if model_conflicts:
-            hints.append("the model and its settings always come from the checkpoint: drop those options")
-        if len(conflicts) > sum(c.startswith("model.") for c in conflicts):
-            hints.append("drop the data options to use the checkpoint's, or pass --allow_data_override true "
-                         "to run on other data on purpose")
-        raise UserError(f"ckpt_path: {info.path} was trained with other settings than the command gives: "
-                        + "; ".join(conflicts) + " (" + "; ".join(hints) + ")")
-    if info.data is None:
-        print(f"note: {info.path} records no data settings; using the command's")
-    if taken:
-        print("data settings of the checkpoint: " + ", ".join(taken))
-    if overridden:
-        print("--allow_data_override: running on other data than the checkpoint was trained with: "
-              + ", ".join(overridden))
-
-
-def canonical_model_names(words: Sequence[str]) -> list[str]:
-    """``--model.net set`` (any case, as in :func:`~set_lightning.models.build_model`) -> the class path."""
-    from set_lightning.models import MODELS
-
-    out = list(words)
-    for i, word in enumerate(out):
-        key, has_value, value = word.partition("=")
-        if key not in ("--model.net", "--model.net.class_path"):
-            continue
-        j, value = (i, value) if has_value else (i + 1, out[i + 1] if i + 1 < len(out) else "")
-        cls = MODELS.get(value.lower())
-        if cls is not None:
-            path = f"set_lightning.models.{cls.__name__}"
-            out[j] = f"{key}={path}" if has_value else path
-    return out
-
-
 def _check_single_device(subcommand: str, trainer_cfg: Any) -> None:
     """``test``/``validate`` on one device: DistributedSampler pads the last shard, counting samples twice."""
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
@@ -434,68 +309,6 @@ def _check_single_device(subcommand: str, trainer_cfg: Any) -> None:
         )
 
 
-def check_config_files(words: Sequence[str]) -> None:
-    """Each ``--config`` file is YAML (an error names the file and the line) whose ``trainer``, ``model`` and
-    ``data`` sections are mappings (``trainer: 5`` would be ignored silently otherwise).
-
-    Raises:
-        UserError: one line naming the file.
-    """
-    from set_lightning.configs import config_arg_values
-
-    for _, value in config_arg_values(words):
-        path = Path(value)
-        if not path.is_file():
-            continue  # the parser says that it is missing
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(err, "problem", None) or one_line(err)
-            raise UserError(f"--config {value}: not valid YAML{where}: {problem}") from None
-        if loaded is None:
-            continue
-        if not isinstance(loaded, dict):
-            raise UserError(f"--config {value}: a config file must be a mapping of sections (trainer:, model:, "
-                            f"data:, ...), got a {type(loaded).__name__}")
-        for section in ("trainer", "model", "data"):
-            if section in loaded and not isinstance(loaded[section], (dict, type(None))):
-                raise UserError(f"--config {value}: '{section}' must be a mapping of {section} options "
-                                f"(indented key: value lines), got {loaded[section]!r}")
-
-
-def follow_data_dims(cfg: Any, named: set[str]) -> None:
-    """Set the model's ``node_dim`` / ``edge_dim`` to what the data carry, unless the command sets them.
-
-    A value the command sets (on the command line or in a ``--config`` file) that contradicts the data is an
-    error now, before anything is written (rather than at the first batch).
-    """
-    from set_lightning.models.registry import model_class, model_kwargs
-
-    cls = model_class(cfg.get("model.net.class_path"))
-    names = set(model_kwargs(cls)) if cls is not None else set()
-    if not names & {"node_dim", "edge_dim"} or not isinstance(cfg.get("data"), Namespace):
-        return
-    import inspect
-
-    accepted = set(inspect.signature(NBodyDataModule.__init__).parameters) - {"self"}
-    node, edge = NBodyDataModule(**{k: v for k, v in cfg["data"].items() if k in accepted}).attribute_dims()
-    graph = cfg.get("model.net.init_args.graph")
-    for key, carried, what in (("node_dim", node, "node attribute column(s)"),
-                               ("edge_dim", edge, "pair attribute channel(s) (edge_attr)")):
-        if key not in names:
-            continue
-        full = f"model.net.init_args.{key}"
-        if f"model.net.{key}" not in named:
-            cfg[full] = carried
-            continue
-        given = cfg.get(full)
-        if given != carried and not (key == "edge_dim" and graph == "given" and given == 0 and carried > 0):
-            raise UserError(f"{full}: {given} given, but the data carry {carried} {what}; set {carried}, or leave "
-                            f"it unset (it follows the data)")
-
-
 def _check_ddp_devices(trainer_cfg: Any) -> None:
     """A DDP strategy with the default ``devices: 1`` starts one process: say so, naming trainer.devices."""
     strategy, devices = trainer_cfg.get("strategy"), trainer_cfg.get("devices", 1)
@@ -503,16 +316,10 @@ def _check_ddp_devices(trainer_cfg: Any) -> None:
     ddp = name.lower().startswith("ddp") or name.endswith("DDPStrategy")
     if ddp and devices in (1, "1") and trainer_cfg.get("num_nodes", 1) == 1:
         raise UserError(
-            f"trainer.devices: strategy {_class_name(name)!r} starts one process per device, and trainer.devices is "
+            f"trainer.devices: strategy {class_name(name)!r} starts one process per device, and trainer.devices is "
             "1 (the default): one process; pass --trainer.devices N (N GPUs, or N CPU processes with "
             "--trainer.accelerator cpu) or drop --trainer.strategy"
         )
-
-
-def import_class(class_path: str) -> Any:
-    """The object a config's ``class_path`` names (``package.module.Name``)."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: Any) -> SETLightningCLI:
@@ -525,91 +332,3 @@ def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: A
     return SETLightningCLI(args=args, run=run, **kwargs)
 
 
-class ConfigSchema:
-    """The configuration schema of the CLI, for checking a sweep's keys and arguments before any run."""
-
-    def __init__(self) -> None:
-        from set_lightning.models.registry import model_class, model_kwargs
-
-        self._model_class, self._model_kwargs = model_class, model_kwargs
-        self.cli = make_cli(["--seed_everything=false"], run=False, parse_only=True)
-        self.parser = self.cli.parser
-        self.paths: dict[str, Any] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            self.paths[prefix] = value
-            if isinstance(value, dict) and not prefix.startswith("model.net"):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}", v)
-
-        for key, value in self.cli.config.clone().as_dict().items():
-            walk(key, value)
-        self.paths.setdefault("config", None)  # --config files
-
-    def parse(self, args: Sequence[str], where: str) -> Any:
-        """The config ``args`` give (raises a UserError prefixed with ``where``)."""
-        try:
-            return self.parser.parse_args(canonical_model_names(args))
-        except Exception as err:  # noqa: BLE001 - every parse failure is the user's input
-            raise UserError(f"{where}: {model_hint(one_line(err))}") from None
-
-    def check_key(self, key: str, args: Sequence[str], where: str) -> None:
-        """Check one dotted override key; ``args`` (without the key) pick the model class it applies to.
-
-        Raises:
-            UserError: the key does not exist; the message names it and the closest valid key.
-        """
-        if key.startswith("model.net."):
-            net = self.parse([a for a in args if not a.startswith("--model.net.")], where)
-            cls_path = net.get("model.net.class_path")
-            cls = self._model_class(cls_path)
-            names = self._model_kwargs(cls) if cls is not None else []
-            arg = key[len("model.net."):]
-            arg = arg[len("init_args."):] if arg.startswith("init_args.") else arg
-            if arg == "class_path" or arg in names:
-                return
-            candidates = [f"model.net.init_args.{n}" for n in names]
-            hint = f" ({_class_name(cls_path)} takes: {', '.join(names)})"
-        else:
-            if self._known(key):
-                return
-            candidates = [p for p in self.paths if not p.startswith("model.net.")]
-            hint = ""
-        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-        suggestion = f"; did you mean '{close[0]}'?" if close else "; see fit --print_config for the keys"
-        raise UserError(f"{where}: unknown key '{key}'{suggestion}{hint}")
-
-    def _known(self, key: str) -> bool:
-        """A key of the schema, or one below a class (``trainer.logger``) or a list (``trainer.callbacks``),
-        whose keys depend on what the config puts there (the full parse checks those)."""
-        if key in self.paths:
-            return True
-        parts = key.split(".")
-        for i in range(1, len(parts)):
-            value = self.paths.get(".".join(parts[:i]), {})
-            if not isinstance(value, dict) or "class_path" in value:
-                return True
-        return False
-
-
-def model_hint(text: str) -> str:
-    """Advice for an error about ``model.net``: the model's init arguments, or the allowed model names."""
-    import re
-
-    from set_lightning.models import MODELS
-    from set_lightning.models.registry import model_kwargs
-
-    rejected = re.search(r"class_path '([\w.]+)': Option '(\w+)' is not accepted", text)
-    if rejected:
-        try:
-            names = model_kwargs(import_class(rejected.group(1)))
-        except Exception:  # noqa: BLE001 - not one of our models: leave the message as it is
-            names = []
-        if names:
-            close = difflib.get_close_matches(rejected.group(2), names, n=1)
-            text += (f" (did you mean '{close[0]}'? " if close else " (") + \
-                f"{rejected.group(1).rsplit('.', 1)[-1]} takes: {', '.join(names)})"
-    elif "model.net" in text and "import path" in text:
-        names = ", ".join(cls.__name__ for cls in MODELS.values())
-        text += f" (allowed models: {names}, in any case, or a full class path)"
-    return text

@@ -83,7 +83,7 @@ def read_result(run_dir: str | Path) -> Optional[dict[str, Any]]:
 
 # ---------------------------------------------------------------------- identity
 def _reports_only(callback: Any) -> bool:
-    from set_lightning.lightning_cli import import_class
+    from set_lightning.config_schema import import_class
 
     if not isinstance(callback, dict) or "class_path" not in callback:
         return False
@@ -141,11 +141,11 @@ class ConfigResolver:
     """Resolves runs' arguments to their full configurations with one parse-only CLI.
 
     It reads the packaged ``conf/defaults.yaml`` when it is built (one resolver per sweep);
-    ``schema`` (:class:`~set_lightning.lightning_cli.ConfigSchema`) also checks a sweep's keys.
+    ``schema`` (:class:`~set_lightning.config_schema.ConfigSchema`) also checks a sweep's keys.
     """
 
     def __init__(self) -> None:
-        from set_lightning.lightning_cli import ConfigSchema
+        from set_lightning.config_schema import ConfigSchema
 
         self.schema = ConfigSchema()
 

@@ -62,7 +62,7 @@ class Planned:
 
 
 def check_keys(spec: SweepSpec, runs: Sequence[RunSpec], schema: Any) -> None:
-    """Check every key of the ablation file against ``schema`` (:class:`~set_lightning.lightning_cli.ConfigSchema`).
+    """Check every key of the ablation file against ``schema`` (:class:`~set_lightning.config_schema.ConfigSchema`).
 
     Raises:
         UserError: naming the file, where the key is (``overrides``, ``grid`` or the variant), the key
