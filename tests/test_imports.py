@@ -25,6 +25,7 @@ LAYERS = {
     "set_lightning.data": 4,
     "set_lightning.errors": 5,
     "set_lightning.files": 5,
+    "set_lightning.plots": 5,  # figures of predicted trajectories
     "set_lightning.trained": 5,  # the shipped models' folder and manifest
     "set_lightning": 6,  # the package's own __init__ (version, program name)
 }
