@@ -8,7 +8,8 @@ when doubling the budget changes its mean best validation MSE by less than 2%.
 Stages, in the order they run (a stage that needs an earlier one's answer waits for it):
 
 1. ``recipe``: SET L=10 and SET L=1 (both the shipped size, M=2, K=2) and EGNN, each at 3 learning
-   rates (cosine to the last step, 30 warm-up steps; EGNN also with its own constant rate), seed 0, T.
+   rates (cosine to the last step, 30 warm-up steps; EGNN also with its own constant rate), seed 0, T;
+   while a model's best rate is the highest (lowest) tried, the search goes on at twice (half) that rate.
 2. ``headline``: the three with their best recipe (lowest best validation MSE), seeds 0-4, T.
 3. ``readout``: SET L=10 read out at the last frame, seeds 0-4, T.
 4. ``2T``: stages 2 and 3 at 2T.
@@ -66,6 +67,8 @@ LRS = (2.5e-4, 5e-4, 1e-3)
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     arm: {f"lr={lr:g}": {"model.lr": lr} for lr in LRS} for arm in HEADLINE
 }
+#: the learning rates the search may extend to when the best rate is at an edge of those tried
+LR_LIMITS = (6.25e-5, 4e-3)
 RECIPES["EGNN"]["constant lr=0.0005"] = {"model.lr": 5e-4, "model.scheduler": "none", "model.warmup_steps": 0}
 #: the arm whose chosen recipe another arm takes
 RECIPE_OF = {"SET L=10, last readout": "SET L=10", "SET L=10 (M=1, K=1)": "SET L=10", "SET L=1 (M=1, K=1)": "SET L=1"}
@@ -85,21 +88,40 @@ class Study:
     def __init__(self, ladder: Ladder, t: float) -> None:
         self.ladder, self.t = ladder, t
 
+    def _recipe_rows(self, family: str) -> dict[str, dict]:
+        return {r["recipe"]: r for r in self.ladder.rows()
+                if r["arm"] == family and r["seed"] == 0 and r["budget_tflop"] == self.t}
+
+    def recipes(self, family: str) -> dict[str, dict[str, Any]]:
+        """The recipe search of a headline model: :data:`RECIPES`, and while the best learning rate is at an
+        edge of the rates tried, the next rate beyond it (x2 or /2, within :data:`LR_LIMITS`)."""
+        out, rows = dict(RECIPES[family]), self._recipe_rows(family)
+        while all(name in rows for name in out):
+            lrs = {name: extra["model.lr"] for name, extra in out.items() if name.startswith("lr=")}
+            best = min(out, key=lambda name: rows[name]["best_val_pos_mse"])
+            if best not in lrs:
+                break
+            step = 2.0 if lrs[best] == max(lrs.values()) else 0.5 if lrs[best] == min(lrs.values()) else None
+            nxt = lrs[best] * step if step else None
+            if nxt is None or not LR_LIMITS[0] <= nxt <= LR_LIMITS[1]:
+                break
+            out[f"lr={nxt:g}"] = {"model.lr": nxt}
+        return out
+
     def chosen_recipe(self, arm: str) -> Optional[str]:
         """The recipe of ``arm`` with the lowest best validation MSE at T, seed 0 (``None`` until all ran)."""
         family = RECIPE_OF.get(arm, arm)
-        rows = {r["recipe"]: r for r in self.ladder.rows()
-                if r["arm"] == family and r["seed"] == 0 and r["budget_tflop"] == self.t}
-        if any(name not in rows for name in RECIPES[family]):
+        rows, recipes = self._recipe_rows(family), self.recipes(family)
+        if any(name not in rows for name in recipes):
             return None
-        return min(RECIPES[family], key=lambda name: rows[name]["best_val_pos_mse"])
+        return min(recipes, key=lambda name: rows[name]["best_val_pos_mse"])
 
     def unit(self, arm: str, seed: int, rung: float, recipe: Optional[str] = None,
              variant: Optional[dict] = None) -> Optional[Unit]:
         recipe = recipe or self.chosen_recipe(arm)
         if recipe is None:
             return None
-        extra = RECIPES[RECIPE_OF.get(arm, arm)][recipe]
+        extra = self.recipes(RECIPE_OF.get(arm, arm))[recipe]
         return Unit(arm, recipe, {**(variant or ARMS[arm]), **extra}, seed, rung * self.t)
 
     def best_history_arm(self) -> Optional[str]:
@@ -132,7 +154,7 @@ class Study:
         readout_arms = (*HEADLINE, "SET L=10, last readout")
         if stage == "recipe":
             return [Unit(arm, name, {**ARMS[arm], **extra}, 0, self.t)
-                    for arm in HEADLINE for name, extra in RECIPES[arm].items()]
+                    for arm in HEADLINE for name, extra in self.recipes(arm).items()]
         if stage == "headline":
             return [self.unit(arm, s, 1) for s in SEEDS for arm in HEADLINE]
         if stage == "readout":
@@ -149,7 +171,7 @@ class Study:
             if best is None or rung is None:
                 return [None] * len(FLIPS) * len(ABLATION_SEEDS)
             recipe = self.chosen_recipe(best)
-            extra = RECIPES[RECIPE_OF.get(best, best)][recipe]
+            extra = self.recipes(RECIPE_OF.get(best, best))[recipe]
             return [Unit(f"{best}: {label}", recipe, {**ARMS[best], **flip, **extra}, s, rung * self.t)
                     for label, flip in FLIPS.items() for s in ABLATION_SEEDS]
         if stage == "8T":
@@ -206,13 +228,14 @@ def main() -> None:
         return
     if not opts.report_only:
         for stage in opts.stages:
-            units = study.units(stage)
-            todo = pending(ladder, [u for u in units if u is not None])
-            waiting = sum(u is None for u in units)
-            print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
-            ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
-            if waiting and sum(u is None for u in study.units(stage)):
-                print(f"stage {stage}: still waiting on an earlier stage; later stages go on", flush=True)
+            while True:  # a stage can grow as it runs (the recipe search extends past a winning edge)
+                units = study.units(stage)
+                todo = pending(ladder, [u for u in units if u is not None])
+                waiting = sum(u is None for u in units)
+                print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
+                if not todo:
+                    break
+                ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
     from set_lightning.experiments.ladder_report import history_report
 
     history_report(out, t=opts.tflop, headline=HEADLINE)
