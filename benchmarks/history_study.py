@@ -48,18 +48,18 @@ ABLATION_SEEDS = (0, 1, 2)
 #: the shipped SET (conf/set.yaml) on the position loss; its readout pinned (a later change of the shipped
 #: default must not change what these runs are: the identity is the resolved config, and this value is the
 #: one conf/set.yaml had when the study started)
-SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30,
+SHIPPED_SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30,
        "model.net.init_args.readout": "mean"}
-SMALL = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
+SMALL_SIZE = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
 LAST = {"model.net.init_args.readout": "last"}
 #: the models: label -> variant (config file and dotted overrides); recipes add to these
 ARMS: dict[str, dict[str, Any]] = {
-    "SET L=10": SET,
-    "SET L=1": {**SET, "data.history": 1},
+    "SET L=10": SHIPPED_SET,
+    "SET L=1": {**SHIPPED_SET, "data.history": 1},
     "EGNN": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
-    "SET L=10, last readout": {**SET, **LAST},
-    "SET L=10 (M=1, K=1)": {**SET, **SMALL},
-    "SET L=1 (M=1, K=1)": {**SET, **SMALL, "data.history": 1},
+    "SET L=10, last readout": {**SHIPPED_SET, **LAST},
+    "SET L=10 (M=1, K=1)": {**SHIPPED_SET, **SMALL_SIZE},
+    "SET L=1 (M=1, K=1)": {**SHIPPED_SET, **SMALL_SIZE, "data.history": 1},
 }
 HEADLINE = ("SET L=10", "SET L=1", "EGNN")
 LRS = (2.5e-4, 5e-4, 1e-3)

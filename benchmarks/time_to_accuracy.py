@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from set_lightning.experiments.ladder import slug
 from set_lightning.experiments.tta_report import (
     CHARGED_CLOSE_NOTE,
     TTA_THRESHOLDS,
@@ -46,18 +47,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: the data of every run: the N = 5 benchmark split (3000 / 2000 / 2000); the model files own the history
 BENCHMARK_DATA = ["conf/data/nbody5.yaml"]
-SET = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
-SMALL = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
-ABLATED = {**SET, **SMALL, "data.history": 5}  # the SET variant the ablation flips flags of
+SET_RECIPE = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
+SMALL_SIZE = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
+ABLATED = {**SET_RECIPE, **SMALL_SIZE, "data.history": 5}  # the SET variant the ablation flips flags of
 #: an exponential moving average of the weights (Lightning's callback; validated and tested with the average)
 EMA = {"trainer.callbacks+": "lightning.pytorch.callbacks.EMAWeightAveraging", "trainer.callbacks.decay": 0.999}
 #: label -> the run, as an ablation file's variant: a config file and dotted overrides (the benchmark split)
-MODELS: dict[str, dict] = {
+VARIANTS: dict[str, dict] = {
     "EGNN": {"config": "conf/egnn.yaml"},
-    "SET L=1": {**SET, "data.history": 1},
-    "SET L=1, EMA": {**SET, "data.history": 1, **EMA},
+    "SET L=1": {**SET_RECIPE, "data.history": 1},
+    "SET L=1, EMA": {**SET_RECIPE, "data.history": 1, **EMA},
     "SET L=5 (M=1, K=1)": ABLATED,
-    "SET L=10 (M=1, K=1)": {**SET, **SMALL, "data.history": 10},
+    "SET L=10 (M=1, K=1)": {**SET_RECIPE, **SMALL_SIZE, "data.history": 10},
     "LSTM L=10": {"config": "conf/lstm.yaml"},
     "MLP L=10": {"config": "conf/mlp.yaml"},
     "EGNN, cosine": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
@@ -101,12 +102,12 @@ class StudyDef:
 
 OTHER_CLOSE = "A trajectory is a *close encounter* when two bodies come nearer than 0.1 between the input and the target frame."
 STUDIES = {
-    "nbody5": StudyDef(BENCHMARK_DATA, MODELS, SECTIONS, "time_to_accuracy", PREAMBLE),
+    "nbody5": StudyDef(BENCHMARK_DATA, VARIANTS, SECTIONS, "time_to_accuracy", PREAMBLE),
     "springs5": StudyDef(
         ["conf/data/springs5.yaml"],
         # the spring graph as an edge attribute on the complete graph (conf/graph/edge_attr.yaml)
         {"EGNN": {"config": ["conf/egnn.yaml", "conf/graph/edge_attr.yaml"]},
-         "SET L=1": {**SET, "config": ["conf/set.yaml", "conf/graph/edge_attr.yaml"], "data.history": 1}},
+         "SET L=1": {**SET_RECIPE, "config": ["conf/set.yaml", "conf/graph/edge_attr.yaml"], "data.history": 1}},
         [("Springs (N = 5): SET against EGNN at equal training compute", ["EGNN", "SET L=1"], "EGNN")],
         "springs5",
         "Made by `python benchmarks/time_to_accuracy.py --study springs5`. The NRI / EGNN springs in 3-D, N = 5, "
@@ -118,7 +119,7 @@ STUDIES = {
     "gravity100": StudyDef(
         ["conf/data/gravity100.yaml"],
         {"EGNN kNN k=6": {"config": ["conf/egnn.yaml", "conf/graph/knn6.yaml"]},
-         "SET L=1 kNN k=6": {**SET, "config": ["conf/set.yaml", "conf/graph/knn6.yaml"], "data.history": 1}},
+         "SET L=1 kNN k=6": {**SET_RECIPE, "config": ["conf/set.yaml", "conf/graph/knn6.yaml"], "data.history": 1}},
         [("Gravity (N = 100, 6-NN graph): SET against EGNN at equal training compute",
           ["EGNN kNN k=6", "SET L=1 kNN k=6"], "EGNN kNN k=6")],
         "gravity100",
@@ -135,10 +136,6 @@ COMMON = {"trainer.max_epochs": -1, "trainer.enable_progress_bar": False, "train
 _lock = threading.Lock()
 
 
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
-
-
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
     """Append whole lines (the runner's threads take turns: rows of two runs never interleave)."""
     with _lock:
@@ -149,14 +146,14 @@ def _run_spec(study: StudyDef, label: str, variant: dict, seed: int, run_dir: Pa
     """The worker's spec of one (model, seed): the study's data, the model's variant and COMMON."""
     from set_lightning.experiments.spec import variant_run
 
-    return variant_run(variant, _slug(label), seed, run_dir, REPO, base=study.data,
+    return variant_run(variant, slug(label), seed, run_dir, REPO, base=study.data,
                        overrides={**COMMON, **study.data_overrides})
 
 
 def run_unit(study: StudyDef, label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path,
              runs: Path) -> str:
     """Train, test and record one (model, seed); returns a one-line status."""
-    run_dir = runs / _slug(label) / f"seed_{seed}"
+    run_dir = runs / slug(label) / f"seed_{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
     _run_spec(study, label, variant, seed, run_dir).save()  # run_dir/run.json: what the worker runs

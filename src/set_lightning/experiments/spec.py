@@ -276,7 +276,7 @@ def _as_cli_value(value: Any) -> str:
     return str(value)
 
 
-def _slug(grid_point: tuple[tuple[str, Any], ...]) -> str:
+def _grid_slug(grid_point: tuple[tuple[str, Any], ...]) -> str:
     return "__".join(f"{k.split('.')[-1]}={_as_cli_value(v)}" for k, v in grid_point)
 
 
@@ -302,7 +302,7 @@ def expand(spec: SweepSpec, out_dir: str | Path) -> list[RunSpec]:
     for values in itertools.product(*(spec.grid[k] for k in keys)):
         grid_point = tuple(zip(keys, values))
         for vname, variant in spec.variants.items():
-            group = vname + (f"__{_slug(grid_point)}" if grid_point else "")
+            group = vname + (f"__{_grid_slug(grid_point)}" if grid_point else "")
             for seed in spec.seeds:
                 run = variant_run(variant, vname, seed, out / group / f"seed_{seed}", spec.root, spec.base,
                                   spec.overrides, grid_point)
