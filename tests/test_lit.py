@@ -1,4 +1,4 @@
-"""SETLightningModule: every registered model trains, validates and tests through the same module."""
+"""NBodyLightningModule: every registered model trains, validates and tests through the same module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from set_lightning.data import NBodyDataModule
-from set_lightning.lit import NonFiniteLossError, SETLightningModule
+from set_lightning.lit import NonFiniteLossError, NBodyLightningModule
 from set_lightning.models import MODELS, build_model
 
 TINY = {
@@ -36,7 +36,7 @@ def _trainer(**kw) -> pl.Trainer:
 def test_every_model_fits_and_tests(name, tiny_data):
     assert set(TINY) == set(MODELS)
     torch.manual_seed(0)
-    module = SETLightningModule(build_model(name, **TINY[name]), lr=1e-3)
+    module = NBodyLightningModule(build_model(name, **TINY[name]), lr=1e-3)
     trainer = _trainer(max_epochs=2)
     trainer.fit(module, datamodule=tiny_data)
     out = trainer.test(module, datamodule=tiny_data, verbose=False)[0]
@@ -54,7 +54,7 @@ def test_every_model_fits_and_tests(name, tiny_data):
 
 def test_loss_weights_and_schedulers(tiny_data):
     for scheduler in ("none", "cosine", "plateau"):
-        module = SETLightningModule(build_model("linear"), lr=1e-2, vel_weight=0.0, scheduler=scheduler)
+        module = NBodyLightningModule(build_model("linear"), lr=1e-2, vel_weight=0.0, scheduler=scheduler)
         _trainer(max_epochs=1).fit(module, datamodule=tiny_data)
 
 
@@ -65,7 +65,7 @@ def test_loss_weights_and_schedulers(tiny_data):
 )
 def test_bad_hyperparameters_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        SETLightningModule(build_model("linear"), **kwargs)
+        NBodyLightningModule(build_model("linear"), **kwargs)
 
 
 class _Exploding(torch.nn.Module):
@@ -82,7 +82,7 @@ class _Exploding(torch.nn.Module):
 
 
 def test_nan_loss_raises_a_clear_error(tiny_data):
-    module = SETLightningModule(_Exploding())
+    module = NBodyLightningModule(_Exploding())
     with pytest.raises(NonFiniteLossError, match="training loss is nan"):
         _trainer(max_epochs=1).fit(module, datamodule=tiny_data)
 
@@ -102,7 +102,7 @@ class _SetTime(pl.Callback):
 
 
 def test_hp_val_pos_mse_is_the_best_not_the_last(tiny_data, tmp_path):
-    module = SETLightningModule(build_model("linear"), lr=1e-12)
+    module = NBodyLightningModule(build_model("linear"), lr=1e-12)
     cb = _SetTime([0.7, 5.0])
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                          max_epochs=2, callbacks=[cb], default_root_dir=tmp_path)
@@ -111,14 +111,14 @@ def test_hp_val_pos_mse_is_the_best_not_the_last(tiny_data, tmp_path):
     assert float(trainer.callback_metrics["hp/val_pos_mse"]) == pytest.approx(cb.val[0])
     assert module.best_val_pos_mse == pytest.approx(cb.val[0])
     # kept in the checkpoint, and the checkpoint rebuilds the module without the CLI
-    restored = SETLightningModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    restored = NBodyLightningModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path)
     assert restored.best_val_pos_mse == pytest.approx(cb.val[0])
     assert restored.hparams["net"] == {"class_path": "set_lightning.models.baselines.Linear", "init_args": {"time": 0.7}}
 
 
 def test_hparams_for_logging_has_every_setting_and_no_internal_key(tiny_data, monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
-    module = SETLightningModule(build_model("set", **TINY["set"]), lr=2e-3)
+    module = NBodyLightningModule(build_model("set", **TINY["set"]), lr=2e-3)
     flat = module.hparams_for_logging(tiny_data)
     assert flat["model"] == "SET" and flat["lr"] == 2e-3 and flat["seed"] == 7
     assert flat["net.hidden"] == 8 and flat["net.equivariant"] is True and "net.adjacency" in flat

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from set_lightning.callbacks import TimeBudget
 from set_lightning.data import NBodyDataModule
-from set_lightning.lit import SETLightningModule
+from set_lightning.lit import NBodyLightningModule
 from set_lightning.models import build_model
 
 
@@ -43,14 +43,14 @@ def _fit(dm, module, callbacks=(), **kw):
 
 def test_warmup_ramps_the_learning_rate_linearly(dm):
     log = LrLog()
-    _fit(dm, SETLightningModule(build_model("linear"), lr=1e-2, warmup_steps=8), [log], max_epochs=3)
+    _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2, warmup_steps=8), [log], max_epochs=3)
     assert log.lrs[:8] == pytest.approx([1e-2 * (k + 1) / 8 for k in range(8)])
     assert log.lrs[8:] == pytest.approx([1e-2] * (len(log.lrs) - 8))  # scheduler "none": constant after
 
 
 def test_cosine_is_stepped_per_batch_to_the_last_step(dm):
     log = LrLog()
-    _fit(dm, SETLightningModule(build_model("linear"), lr=1e-2, scheduler="cosine", warmup_steps=2), [log],
+    _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2, scheduler="cosine", warmup_steps=2), [log],
          max_epochs=3)
     total = 12  # 3 epochs x 4 batches
     expected = [1e-2 * min(1, (k + 1) / 2) * 0.5 * (1 + math.cos(math.pi * k / total)) for k in range(total)]
@@ -71,7 +71,7 @@ def test_ema_of_the_weights_is_what_training_leaves(dm):
     """``--trainer.callbacks+=EMAWeightAveraging``: the trained weights are the exponential moving average
     of the per-step weights (from the first step), not the last step's."""
     log = WeightLog()
-    module = SETLightningModule(build_model("linear"), lr=1e-2)
+    module = NBodyLightningModule(build_model("linear"), lr=1e-2)
     _fit(dm, module, [log, EMAWeightAveraging(decay=0.5)], max_epochs=2)
     ema = log.values[0]
     for value in log.values[1:]:
@@ -83,9 +83,9 @@ def test_ema_of_the_weights_is_what_training_leaves(dm):
 
 def test_bad_training_options_name_the_field():
     with pytest.raises(ValueError, match="warmup_steps"):
-        SETLightningModule(build_model("linear"), warmup_steps=-1)
+        NBodyLightningModule(build_model("linear"), warmup_steps=-1)
     with pytest.raises(ValueError, match="warmup_steps"):
-        SETLightningModule(build_model("linear"), warmup_steps=5, scheduler="plateau")
+        NBodyLightningModule(build_model("linear"), warmup_steps=5, scheduler="plateau")
     with pytest.raises(ValueError, match="budget_s"):
         TimeBudget(0)
     with pytest.raises(ValueError, match="clock"):
@@ -105,7 +105,7 @@ class Slow(Callback):
 def test_time_budget_stops_training_and_records_the_curve(dm, tmp_path):
     curve = tmp_path / "curve.jsonl"
     budget = TimeBudget(0.6, clock="wall", curve_file=str(curve))
-    trainer = _fit(dm, SETLightningModule(build_model("linear"), lr=1e-2), [Slow(0.05), budget], max_epochs=-1)
+    trainer = _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2), [Slow(0.05), budget], max_epochs=-1)
     # stops at the first step past the budget: 0.6 s at >= 0.05 s a step is at most 13 steps
     assert 1 <= trainer.global_step <= 13
     assert 0.6 <= budget.elapsed < 1.5
@@ -123,20 +123,20 @@ def test_time_budget_excludes_validation(dm):
             time.sleep(0.2)
 
     budget = TimeBudget(10.0, clock="wall")
-    _fit(dm, SETLightningModule(build_model("linear"), lr=1e-2), [SlowVal(), budget], max_epochs=3)
+    _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2), [SlowVal(), budget], max_epochs=3)
     assert len(budget.curve) == 3 and budget.elapsed < 0.6 * 3  # 3 x 0.2 s of validation sleep not counted
 
 
 def test_process_clock_ignores_sleep(dm):
     budget = TimeBudget(0.5, clock="process")
-    _fit(dm, SETLightningModule(build_model("linear"), lr=1e-2), [Slow(0.1), budget], max_epochs=2)
+    _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2), [Slow(0.1), budget], max_epochs=2)
     assert budget.elapsed < 0.5  # 8 steps x 0.1 s of sleep is wall time, not CPU time: budget not reached
 
 
 def test_cosine_decays_to_the_time_budget(dm):
     log = LrLog()
     budget = TimeBudget(0.5, clock="wall")
-    module = SETLightningModule(build_model("linear"), lr=1e-2, scheduler="cosine")
+    module = NBodyLightningModule(build_model("linear"), lr=1e-2, scheduler="cosine")
     _fit(dm, module, [Slow(0.05), budget, log], max_epochs=-1)
     assert log.lrs[0] == pytest.approx(1e-2)
     # each step's rate follows the spent fraction of the budget, down to ~0 at the end

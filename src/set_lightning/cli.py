@@ -1,7 +1,7 @@
 """``python -m set_lightning {fit,validate,test,predict,sweep}``: the entry point; it only dispatches.
 
 ``fit``/``validate``/``test``/``predict`` go to Lightning's own CLI
-(:class:`set_lightning.lightning_cli.SETLightningCLI`), ``sweep`` to the ablation runner
+(:class:`set_lightning.lightning_cli.NBodyLightningCLI`), ``sweep`` to the ablation runner
 (:mod:`set_lightning.experiments.sweep`). Both run under
 :func:`set_lightning.errors.run_with_clean_errors`: bad input is one ``error: ...`` line; Ctrl-C
 exits 130 after printing the command that resumes the run.

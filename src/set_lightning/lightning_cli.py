@@ -1,4 +1,4 @@
-"""Lightning's own CLI bound to this package: :class:`SETLightningCLI`, and the config schema.
+"""Lightning's own CLI bound to this package: :class:`NBodyLightningCLI`, and the config schema.
 
 ``fit``/``validate``/``test``/``predict`` are :class:`lightning.pytorch.cli.LightningCLI`
 subcommands (OmegaConf parser mode, so config files may interpolate). Every subcommand starts from
@@ -45,7 +45,7 @@ from set_lightning.configs import DEFAULT_CONFIGS, resolve_config_args
 from set_lightning.data import NBodyDataModule
 from set_lightning.errors import UserError
 from set_lightning.files import unwritable_reason
-from set_lightning.lit import SETLightningModule
+from set_lightning.lit import NBodyLightningModule
 from set_lightning.quiet import silence_lightning_noise
 from set_lightning.settings import (
     canonical_model_names,
@@ -82,8 +82,8 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
-class SETLightningCLI(LightningCLI):
-    """LightningCLI bound to :class:`SETLightningModule` and :class:`NBodyDataModule`.
+class NBodyLightningCLI(LightningCLI):
+    """LightningCLI bound to :class:`NBodyLightningModule` and :class:`NBodyDataModule`.
 
     Args:
         args: the command line without the program (``None``: ``sys.argv[1:]``).
@@ -108,7 +108,7 @@ class SETLightningCLI(LightningCLI):
         parser_kwargs.update({sub: dict(with_defaults) for sub in LIGHTNING_SUBCOMMANDS})
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(SETLightningModule, NBodyDataModule, parser_kwargs=parser_kwargs, args=args, run=run,
+        super().__init__(NBodyLightningModule, NBodyDataModule, parser_kwargs=parser_kwargs, args=args, run=run,
                          **kwargs)
 
     # ------------------------------------------------------------ parsing
@@ -322,13 +322,17 @@ def _check_ddp_devices(trainer_cfg: Any) -> None:
         )
 
 
-def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: Any) -> SETLightningCLI:
+
+#: the name before it was clear that the CLI trains any model (kept for code that imports it)
+SETLightningCLI = NBodyLightningCLI
+
+def make_cli(args: Optional[Sequence[str]] = None, run: bool = True, **kwargs: Any) -> NBodyLightningCLI:
     """Build (and by default run) the CLI on ``args`` (``None`` = ``sys.argv[1:]``).
 
-    ``kwargs`` go to :class:`SETLightningCLI` (e.g. ``trainer_defaults={"callbacks": [...]}`` adds
+    ``kwargs`` go to :class:`NBodyLightningCLI` (e.g. ``trainer_defaults={"callbacks": [...]}`` adds
     callbacks to those of the config; ``parse_only=True`` with ``run=False`` stops after parsing).
     """
     silence_lightning_noise()
-    return SETLightningCLI(args=args, run=run, **kwargs)
+    return NBodyLightningCLI(args=args, run=run, **kwargs)
 
 

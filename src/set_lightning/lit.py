@@ -49,12 +49,12 @@ NONFINITE_CHECK_EVERY = 16
 
 class NonFiniteLossError(UserError):
     """Raised when the training loss becomes NaN or infinite (a setting to change: one error line), by
-    every DDP rank at the same step (:meth:`SETLightningModule.check_finite_losses`)."""
+    every DDP rank at the same step (:meth:`NBodyLightningModule.check_finite_losses`)."""
 
     same_on_every_rank = True
 
 
-class SETLightningModule(pl.LightningModule):
+class NBodyLightningModule(pl.LightningModule):
     """Trains and evaluates an :class:`~set_lightning.models.base.NBodyModel` on N-body batches.
 
     Loss = ``pos_weight * MSE(x_pred, x_target) + vel_weight * MSE(v_pred, v_target)``.
@@ -368,3 +368,8 @@ class SETLightningModule(pl.LightningModule):
 def _loggable(key: str, value: Any) -> bool:
     """A plain scalar setting (not an internal ``_key`` of LightningCLI, not a nested config)."""
     return not key.startswith("_") and isinstance(value, (int, float, str, bool))
+
+
+
+#: the name before it was clear that the module trains any model (kept for code that imports it)
+SETLightningModule = NBodyLightningModule

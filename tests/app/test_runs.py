@@ -95,10 +95,10 @@ def test_tensorboard_hparams_metrics_and_csv(trained):
 
 
 def test_checkpoint_loads_without_the_cli(trained):
-    from set_lightning.lit import SETLightningModule
+    from set_lightning.lit import NBodyLightningModule
     from set_lightning.models import SET
 
-    module = SETLightningModule.load_from_checkpoint(trained["best"], map_location="cpu")
+    module = NBodyLightningModule.load_from_checkpoint(trained["best"], map_location="cpu")
     assert isinstance(module.net, SET) and module.net.hparams["hidden"] == 8
     assert module.best_val_pos_mse < float("inf")
 

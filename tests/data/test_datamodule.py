@@ -107,14 +107,14 @@ def test_predict_batches_carry_the_true_path(tmp_path):
 def test_each_stage_simulates_only_the_splits_it_reads(tmp_path):
     import lightning.pytorch as pl
 
-    from set_lightning.lit import SETLightningModule
+    from set_lightning.lit import NBodyLightningModule
     from set_lightning.models import build_model
 
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    trainer.test(SETLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "test"), verbose=False)
+    trainer.test(NBodyLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "test"), verbose=False)
     assert [p.name.split("_")[1] for p in _cache_files(tmp_path / "test")] == ["test"]
-    trainer.validate(SETLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "val"), verbose=False)
+    trainer.validate(NBodyLightningModule(build_model("linear")), datamodule=_dm(tmp_path / "val"), verbose=False)
     assert [p.name.split("_")[1] for p in _cache_files(tmp_path / "val")] == ["val"]
 
 

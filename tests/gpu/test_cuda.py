@@ -82,13 +82,13 @@ def test_error_statistics_on_cuda_match_the_cpu(data_cache):
     import lightning.pytorch as pl
 
     from set_lightning.data import NBodyDataModule
-    from set_lightning.lit import SETLightningModule
+    from set_lightning.lit import NBodyLightningModule
     from set_lightning.models import build_model
 
     stats = {}
     for accelerator in ("cpu", "gpu"):
         dm = NBodyDataModule(n_train=8, n_val=8, n_test=40, history=1, batch_size=6, cache_dir=str(data_cache))
-        module = SETLightningModule(build_model("linear", time=0.9), lr=1e-3)
+        module = NBodyLightningModule(build_model("linear", time=0.9), lr=1e-3)
         trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
         trainer.test(module, datamodule=dm, verbose=False)

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 
 from set_lightning.data import NBodyDataModule
-from set_lightning.lit import SETLightningModule
+from set_lightning.lit import NBodyLightningModule
 from set_lightning.models import build_model
 
 if __name__ == "__main__":
@@ -18,7 +18,7 @@ if __name__ == "__main__":
     accelerator = sys.argv[3] if len(sys.argv) > 3 else "cpu"
     torch.manual_seed(0)
     dm = NBodyDataModule(n_train=8, n_val=8, n_test=40, history=1, batch_size=6, cache_dir=cache)
-    module = SETLightningModule(build_model("linear", time=0.9), lr=1e-3)
+    module = NBodyLightningModule(build_model("linear", time=0.9), lr=1e-3)
     trainer = pl.Trainer(accelerator=accelerator, strategy="ddp", devices=2, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.test(module, datamodule=dm, verbose=False)

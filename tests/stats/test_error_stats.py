@@ -15,7 +15,7 @@ import torch
 
 from set_lightning.data import CLOSE_ENCOUNTER, NBodyDataModule, min_pair_distance
 from set_lightning.experiments.stats import benjamini_hochberg, paired_comparison
-from set_lightning.lit import SETLightningModule, error_summary
+from set_lightning.lit import NBodyLightningModule, error_summary
 from set_lightning.models import build_model
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def test_min_dist_is_the_closest_pair_over_the_stored_frames(tmp_path):
 
 def test_logged_split_statistics_equal_a_recomputation(tmp_path):
     dm = NBodyDataModule(n_train=8, n_val=8, n_test=64, history=1, batch_size=10, cache_dir=str(tmp_path))
-    module = SETLightningModule(build_model("linear", time=0.9), lr=1e-3, close_encounter=0.3)
+    module = NBodyLightningModule(build_model("linear", time=0.9), lr=1e-3, close_encounter=0.3)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     out = trainer.test(module, datamodule=dm, verbose=False)[0]
     ds = dm.datasets["test"]
@@ -73,7 +73,7 @@ def test_logged_split_statistics_equal_a_recomputation(tmp_path):
     assert out["test/pos_mse_close"] == pytest.approx(per[close].mean(), rel=1e-5)
     assert out["test/pos_mse_calm"] == pytest.approx(per[~close].mean(), rel=1e-5)
     assert module.per_trajectory["test"].shape == (64, 2)
-    assert CLOSE_ENCOUNTER == SETLightningModule(build_model("linear")).hparams.close_encounter
+    assert CLOSE_ENCOUNTER == NBodyLightningModule(build_model("linear")).hparams.close_encounter
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
