@@ -213,7 +213,7 @@ class InterruptHint(Callback):
                   + " ".join([self.command[0], shlex.join(self.command[1:])]), file=sys.stderr)
 
 
-class ProgressBar(RichProgressBar):
+class QuietProgressBar(RichProgressBar):
     """Lightning's rich progress bar without the logger's version number (``v_num``), which says nothing
     a user can act on (the run directory is printed at the end instead)."""
 
@@ -223,7 +223,7 @@ class ProgressBar(RichProgressBar):
         return items
 
 
-class ModelSummary(RichModelSummary):
+class CompactModelSummary(RichModelSummary):
     """Lightning's rich model summary, without the FLOPs column when nothing was counted (the models
     take a batch dict, so Lightning has no example input to count FLOPs with)."""
 
@@ -251,6 +251,12 @@ class ModelSummary(RichModelSummary):
             line += f"   FLOPs: {get_human_readable_count(total_flops)}"
         console.print(line)
 
+
+
+#: the names before they were told apart from Lightning's ``ProgressBar`` / ``ModelSummary`` (configs
+#: written earlier name them)
+ProgressBar = QuietProgressBar
+ModelSummary = CompactModelSummary
 
 class MetricsCSV(Callback):
     """Writes ``metrics.csv`` in the trainer's log directory: one row per training epoch, validation

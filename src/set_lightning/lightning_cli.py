@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from set_lightning import program_name, trained
-from set_lightning.callbacks import ModelSummary, RemoveRunOnError
+from set_lightning.callbacks import CompactModelSummary, RemoveRunOnError
 from set_lightning.checkpoints import (
     CheckpointInfo,
     is_checkpoint_file_path,
@@ -218,7 +218,7 @@ class NBodyLightningCLI(LightningCLI):
         if trainer_cfg.get("enable_model_summary") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LightningModelSummary)]
         elif not any(isinstance(c, LightningModelSummary) for c in callbacks):
-            callbacks.append(ModelSummary(max_depth=2))
+            callbacks.append(CompactModelSummary(max_depth=2))
         if trainer_cfg.get("logger") in (False, None):
             needy = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
             if needy:
