@@ -53,7 +53,10 @@ def ship(rows: LadderRows, arm: str, recipe: str, tflop: float, runs: Path) -> d
     if not cell:
         raise SystemExit(f"error: no finished run of {arm!r} [{recipe}] at {tflop:g} TFLOP")
     row = min(cell, key=lambda r: r["best_val_pos_mse"])
-    run_dir = runs / slug(arm) / slug(recipe) / f"{tflop:g}TF" / f"seed_{row['seed']}"
+    folder = runs / slug(arm) / slug(recipe) / f"{tflop:g}TF"
+    # the unit's folder carries its identity (seed_<s>-<run id>); the first runs of the study had none
+    run_dir = next(d for d in (folder / f"seed_{row['seed']}-{row['run_id'][:8]}", folder / f"seed_{row['seed']}")
+                   if d.is_dir())
     (best,) = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     name = NAMES[arm]
