@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -484,16 +485,25 @@ def run_cores(args: argparse.Namespace, log: Callable) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 def load_models_at(rev: str) -> Any:
-    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name."""
+    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name.
+
+    The revision's ``set_lightning`` folder is extracted and registered as a package (``baseline_set_lightning``)
+    whose ``__init__`` is not run, so that ``models`` and its relative imports (``..errors``) load from
+    that revision without importing the rest of it (the CLI, the data, Lightning).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="speed_baseline_"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning/models"],
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-    root = tmp / "src" / "set_lightning" / "models"
-    name = "baseline_models"
-    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    root = tmp / "src" / "set_lightning"
+    name = "baseline_set_lightning"
+    parent = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+    parent.__path__ = [str(root)]
+    sys.modules[name] = parent
+    spec = importlib.util.spec_from_file_location(f"{name}.models", root / "models" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "models")])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
