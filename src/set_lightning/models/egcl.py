@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, Graph, PairLinear, VectorOut
+from .layers import EPS, Graph, PairLinear, VectorOut, silu_linear
 
 TRANS_CLAMP = 100.0
 
@@ -116,7 +116,9 @@ class EGCL(nn.Module):
         cols = [radial, *edge_attr.split(1, dim=-1)]
         if not self.equivariant:
             cols += diff.split(1, dim=-1)
-        return self.edge_out(self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index))
+        pre = self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index)
+        act, lin, act_out = self.edge_out  # SiLU -> Linear -> SiLU; the first SiLU's output is not stored
+        return act_out(silu_linear(pre, lin.weight, lin.bias))
 
     def edge_attention(self, m: torch.Tensor, graph: Graph) -> torch.Tensor | None:
         """Attention weights over each node's edges, per head (None without ``attention``: plain sum / mean).

@@ -81,15 +81,22 @@ class VectorOut(nn.Module):
         """The bounded scalar gate ``g(f)`` of an equivariant one-vector head (``forward(f, V) = g(f) V``).
 
         The last layer is a matrix-vector product: for a large ``f`` (edges, pairs) a ``(R, 1)`` GEMM and
-        its rank-1 backward are several times slower on CPU.
+        its rank-1 backward are several times slower on CPU. After a SiLU it is :func:`silu_linear`
+        (the SiLU's output is not stored). Readable form: :func:`~set_lightning.models.reference.vector_gate`.
 
         Shapes:
             f: ``(*, d_in)`` -> ``(*)``.
         """
         if not self.equivariant or self.k != 1:
             raise ValueError("gate() needs an equivariant head with one vector")
-        hidden = self.features(f)
         weight, bias = self.last_layer()
+        layers = list(self.net)
+        if len(layers) >= 3 and isinstance(layers[-2], nn.SiLU):  # SiLU -> last Linear: keep only its input
+            pre = f
+            for layer in layers[:-2]:
+                pre = layer(pre)
+            return self.bound(silu_linear(pre, weight, bias).squeeze(-1))
+        hidden = self.features(f)
         raw = hidden @ weight[0].to(hidden.dtype)
         return self.bound(raw if bias is None else raw + bias[0].to(raw.dtype))
 
@@ -115,12 +122,16 @@ def gate_heads(f: torch.Tensor, heads: list[VectorOut]) -> torch.Tensor:
     Shapes:
         f: ``(*, d)`` -> ``(*, len(heads))``.
     """
+    return nn.functional.linear(f, *stacked_last_layers(heads))
+
+
+def stacked_last_layers(heads: list[VectorOut]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The last layers of several heads as one: weights stacked ``(sum k, d)``, biases ``(sum k,)`` (zeros
+    for a head without bias; None if no head has one)."""
     ws, bs = zip(*(head.last_layer() for head in heads))
     if all(b is None for b in bs):
-        bias = None
-    else:
-        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(ws, bs)])
-    return nn.functional.linear(f, torch.cat(ws), bias)
+        return torch.cat(ws), None
+    return torch.cat(ws), torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(ws, bs)])
 
 
 class PairLinear(nn.Module):
@@ -156,6 +167,22 @@ class PairLinear(nn.Module):
         self, a: torch.Tensor, b: torch.Tensor, cols: list[torch.Tensor | float] = (),
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        za, zb, tensor_cols, weight = self.node_terms(a, b, cols)
+        out = za.unsqueeze(-2) + (zb.unsqueeze(-3) if index is None else gather_nodes(zb, index))
+        if not tensor_cols:
+            return out
+        return add_outer_(out, weight, tensor_cols)
+
+    def node_terms(
+        self, a: torch.Tensor, b: torch.Tensor, cols: list[torch.Tensor | float] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """The parts of the map before they meet on the pairs: node terms ``za = lin_a(a)`` (plus the
+        constant columns' terms), ``zb = lin_b(b)``, the tensor edge columns and their weight columns
+        ``(d_out, c)`` (None without tensor columns); ``forward = za_i + zb_j + cols_ij @ weight.T``.
+
+        Shapes: a ``(*, P, d_a)``, b ``(*, Q, d_b)`` -> za ``(*, P, d_out)``, zb ``(*, Q, d_out)``, ``c``
+        columns, weight ``(d_out, c)``.
+        """
         n_e = 0 if self.lin_e is None else self.lin_e.in_features
         if len(cols) != n_e:
             raise ValueError(f"PairLinear takes {n_e} edge feature column(s), got {len(cols)}")
@@ -163,11 +190,10 @@ class PairLinear(nn.Module):
         tensors = [c for c, col in enumerate(cols) if isinstance(col, torch.Tensor)]
         for c in sorted(set(range(n_e)) - set(tensors)):  # a constant column: part of the node term
             za = za + cols[c] * self.lin_e.weight[:, c].to(za.dtype)
-        out = za.unsqueeze(-2) + (zb.unsqueeze(-3) if index is None else gather_nodes(zb, index))
         if not tensors:
-            return out
+            return za, zb, [], None
         weight = self.lin_e.weight if len(tensors) == n_e else self.lin_e.weight[:, tensors]
-        return add_outer_(out, weight, [cols[c] for c in tensors])
+        return za, zb, [cols[c] for c in tensors], weight
 
 
 class _AddOuter(torch.autograd.Function):
@@ -187,7 +213,8 @@ class _AddOuter(torch.autograd.Function):
         g2 = grad.reshape(-1, grad.shape[-1])
         grads: list[torch.Tensor | None] = [grad, None]
         for c, col in enumerate(cols):
-            grads.append((g2 @ weight[:, c]).view(col.shape) if ctx.needs_input_grad[2 + c] else None)
+            grads.append((g2 @ weight[:, c]).view(grad.shape[:-1] + (1,)).sum_to_size(col.shape)
+                         if ctx.needs_input_grad[2 + c] else None)
         if ctx.needs_input_grad[1]:
             stacked = torch.cat([col.expand(grad.shape[:-1] + (1,)).reshape(-1, 1) for col in cols], dim=-1)
             grads[1] = (stacked.t() @ g2).t()  # (k, R) @ (R, d): a fast GEMM shape on CPU
@@ -209,6 +236,158 @@ def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor
         return base + nn.functional.linear(torch.cat([c.expand(base.shape[:-1] + (1,)) for c in cols], -1)
                                            .to(base.dtype), weight.to(base.dtype))
     return _AddOuter.apply(base, weight, *cols)
+
+
+class _SiluLinear(torch.autograd.Function):
+    """``linear(silu(x), weight, bias)`` saving only ``x``; see :func:`silu_linear`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.linear(nn.functional.silu(x), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        d, k = x.shape[-1], weight.shape[0]
+        x2, g2 = x.reshape(-1, d), grad.reshape(-1, k)
+        g_w = g2.t() @ nn.functional.silu(x2) if ctx.needs_input_grad[1] else None
+        g_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            g_s = _times_rows(g2, weight)
+            g_x = torch.ops.aten.silu_backward(g_s, x2).view(x.shape)
+        return g_x, g_w, g_b
+
+
+def _times_rows(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ weight``; for a few rows ``k <= 4`` as ``k`` rank-1 updates (a GEMM with inner size ``k`` is slow on CPU).
+
+    Shapes: g ``(R, k)``, weight ``(k, d)`` -> ``(R, d)``.
+    """
+    k = weight.shape[0]
+    if k > 4:
+        return g @ weight
+    out = g[:, :1] * weight[0]
+    for j in range(1, k):
+        out.addcmul_(g[:, j:j + 1], weight[j])
+    return out
+
+
+def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``nn.functional.linear(silu(x), weight, bias)`` that keeps only ``x`` for the backward.
+
+    The same function as the two modules ``SiLU -> Linear`` (readable form:
+    :func:`~set_lightning.models.reference.silu_linear`); the backward recomputes ``silu(x)`` (one
+    elementwise pass) instead of storing it, which halves the activation memory of the pair: used on
+    EGCL's edge tensors (``edge_out`` and the ``phi_x`` gate), ``(G, N, K, H)`` each.
+
+    Shapes:
+        x: ``(*, d)``, weight: ``(k, d)``, bias: ``(k,)`` or None -> ``(*, k)``.
+    """
+    dtype = x.dtype
+    return _SiluLinear.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+#: elements of one chunk of a pair tensor in the chunked fast paths (:func:`pair_silu_gates`): small
+#: enough to stay in a core's L2 cache, large enough that the per-chunk Python overhead is negligible
+CHUNK_ELEMENTS = 1 << 17
+
+
+def _rows(n_rows: int, per_row: int) -> int:
+    """Rows per chunk so that a chunk holds about :data:`CHUNK_ELEMENTS` elements (at least one row)."""
+    return max(1, CHUNK_ELEMENTS // max(per_row, 1))
+
+
+def _chunk_col(col: torch.Tensor, n_rows: int, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of a column broadcastable to ``(R, P, Q, 1)`` (one without the row axis is shared)."""
+    return col[r0:r1] if col.dim() == 4 and col.shape[0] == n_rows else col
+
+
+class _PairSiluGates(torch.autograd.Function):
+    """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows; see :func:`pair_silu_gates`."""
+
+    @staticmethod
+    def _pre(za, zb, wcols, cols, r0, r1):  # type: ignore[no-untyped-def]
+        pre = za[r0:r1].unsqueeze(-2) + zb[r0:r1].unsqueeze(-3)
+        for c, col in enumerate(cols):
+            pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wcols[:, c])
+        return pre
+
+    @staticmethod
+    def forward(ctx, za, zb, wcols, weight, *cols):  # type: ignore[override]
+        r, p, d = za.shape
+        q, k = zb.shape[1], weight.shape[0]
+        out = za.new_empty(r, p, q, k)
+        step = _rows(r, p * q * d)
+        with torch.autocast(za.device.type, enabled=False):
+            for r0 in range(0, r, step):
+                pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r0 + step)
+                torch.mm(nn.functional.silu(pre, inplace=True).view(-1, d), weight.t(),
+                         out=out[r0:r0 + step].view(-1, k))
+        ctx.save_for_backward(za, zb, wcols, weight, *cols)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        za, zb, wcols, weight, *cols = ctx.saved_tensors
+        need_za, need_zb, need_wc, need_w, *need_cols = ctx.needs_input_grad
+        r, p, d = za.shape
+        q, k = zb.shape[1], weight.shape[0]
+        g_za = torch.empty_like(za) if need_za else None
+        g_zb = torch.empty_like(zb) if need_zb else None
+        g_w = torch.zeros_like(weight) if need_w else None
+        g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
+        g_cols = [torch.zeros_like(col) if need else None for col, need in zip(cols, need_cols)]
+        step = _rows(r, p * q * d)
+        for r0 in range(0, r, step):
+            r1 = min(r0 + step, r)
+            pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r1).view(-1, d)
+            g = grad[r0:r1].reshape(-1, k)
+            if need_w:
+                g_w.addmm_(g.t(), nn.functional.silu(pre))
+            g_pre = torch.ops.aten.silu_backward(_times_rows(g, weight), pre)
+            g4 = g_pre.view(r1 - r0, p, q, d)
+            if need_za:
+                torch.sum(g4, 2, out=g_za[r0:r1])
+            if need_zb:
+                torch.sum(g4, 1, out=g_zb[r0:r1])
+            for c, col in enumerate(cols):
+                part = _chunk_col(col, r, r0, r1)
+                if need_wc:
+                    g_wc[c] += (part.expand(r1 - r0, p, q, 1).reshape(1, -1) @ g_pre).squeeze(0)
+                if g_cols[c] is not None:
+                    g_col = (g_pre @ wcols[:, c]).view(r1 - r0, p, q, 1).sum_to_size(part.shape)
+                    if part is col:
+                        g_cols[c] += g_col
+                    else:
+                        g_cols[c][r0:r1] = g_col
+        return (g_za, g_zb, None if g_wc is None else g_wc.t(), g_w, *g_cols)
+
+
+def pair_silu_gates(
+    za: torch.Tensor, zb: torch.Tensor, cols: list[torch.Tensor], wcols: torch.Tensor | None, weight: torch.Tensor,
+) -> torch.Tensor:
+    """``silu(za_p + zb_q + cat(cols)_pq @ wcols.T) @ weight.T``: a few linear outputs of the SiLU of a
+    :class:`PairLinear` on all pairs ``(p, q)`` of each row, without storing the pair tensor.
+
+    The same function as ``nn.functional.linear(silu(PairLinear(...)), weight)`` (the readable form:
+    :func:`~set_lightning.models.reference.pair_silu_gates`), computed over chunks of rows that fit a
+    core's cache; the backward recomputes each chunk's pair tensor instead of keeping it (activation
+    memory of the outputs only), and takes ``grad @ weight`` as ``k`` rank-1 updates. Used for ETAL's
+    equivariant gates (``k = 2`` outputs of an ``(R, T, T, H)`` pair tensor).
+
+    Shapes:
+        za: ``(R, P, d)``, zb: ``(R, Q, d)``, cols: ``c`` tensors broadcastable to ``(R, P, Q, 1)``,
+        wcols: ``(d, c)`` (None without cols), weight: ``(k, d)`` -> ``(R, P, Q, k)``.
+    """
+    dtype = za.dtype
+    if wcols is None:
+        wcols, cols = za.new_zeros(za.shape[-1], 0), []
+    cols = [c.to(dtype) for c in cols]
+    return _PairSiluGates.apply(za, zb.to(dtype), wcols.to(dtype), weight.to(dtype), *cols)
 
 
 def neighbour_index(n: int, device: torch.device | None = None) -> torch.Tensor:
