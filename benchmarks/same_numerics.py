@@ -46,7 +46,8 @@ def inputs(kind: dict, b: int = 3, ell: int = 4, n: int = 5) -> tuple[list[torch
 def outputs_and_grads(model: torch.nn.Module, args: list[torch.Tensor], extra: dict) -> list[torch.Tensor]:
     out = model(*args, **extra)
     leaves = [t for t in args if t.requires_grad] + list(model.parameters())
-    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype) for i, o in enumerate(out)]
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype)
+               for i, o in enumerate(out)]
     grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), leaves, allow_unused=True)
     return list(out) + [torch.zeros(()) if gr is None else gr for gr in grads]
 

@@ -53,7 +53,7 @@ EGCL_FLAGS = [dict(zip(("attention", "equivariant", "pre_norm", "norm_diff", "ta
 
 @pytest.mark.parametrize("flags", EGCL_FLAGS, ids=lambda f: "-".join(k for k, v in f.items() if v) or "none")
 @pytest.mark.parametrize("n", [2, 5])
-def test_egcl_matches_dense_reference(flags, n):
+def test_egcl_matches_dense_reference(store_less, flags, n):
     torch.manual_seed(0)
     layer = EGCL(hidden=8, edge_dim=2, n_heads=2, coords_range=3.0, **flags).double()
     _randomise(layer)
@@ -70,7 +70,7 @@ def test_egcl_matches_dense_reference(flags, n):
 
 @pytest.mark.parametrize("attention", [True, False])
 @pytest.mark.parametrize("kind", ["knn", "given"])
-def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(kind, attention):
+def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(store_less, kind, attention):
     """k-NN and given (padded, masked; one node without edges) graphs: values and gradients equal the
     dense layer with the non-edges masked out."""
     torch.manual_seed(0)
@@ -215,16 +215,24 @@ def test_pair_silu_gates_equals_reference(monkeypatch, chunk, k):
                    lambda: reference.pair_silu_gates(za, zb, [], None, weight), [za, zb, weight])
 
 
+@pytest.fixture(params=["store less", "plain"])
+def store_less(request, monkeypatch):
+    """Both paths of silu_linear: recompute the SiLU in the backward (every size), or store it (as at N = 5)."""
+    monkeypatch.setattr(layers, "STORE_LESS_ELEMENTS", 0 if request.param == "store less" else 1 << 62)
+    return request.param
+
+
 @pytest.mark.parametrize("k,bias", [(1, False), (2, True), (8, True)])
-def test_silu_linear_equals_reference(k, bias):
+def test_silu_linear_equals_reference(store_less, k, bias):
     x, weight, b = _leaves((3, 5, 6), (k, 6), (k,))
     b = b if bias else None
     leaves = [x, weight] + ([b] if bias else [])
     _same_function(lambda: silu_linear(x, weight, b), lambda: reference.silu_linear(x, weight, b), leaves)
 
 
-@pytest.mark.parametrize("n_layers,last_bias,tanh", [(2, False, True), (2, True, False), (1, True, True), (3, True, False)])
-def test_vector_gate_equals_reference(n_layers, last_bias, tanh):
+@pytest.mark.parametrize("n_layers,last_bias,tanh",
+                         [(2, False, True), (2, True, False), (1, True, True), (3, True, False)])
+def test_vector_gate_equals_reference(store_less, n_layers, last_bias, tanh):
     torch.manual_seed(0)
     head = VectorOut(d_in=6, n_vectors=1, d_hidden=8, tanh=tanh, scale=2.0, last_bias=last_bias,
                      n_layers=n_layers).double()
@@ -281,7 +289,7 @@ GRAPH_KINDS = [dict(graph="complete"), dict(graph="knn", k=2),
 
 
 @pytest.mark.parametrize("kind", GRAPH_KINDS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
-def test_set_fast_paths_equal_reference_paths(monkeypatch, kind):
+def test_set_fast_paths_equal_reference_paths(monkeypatch, store_less, kind):
     """The whole SET (and its gradients) with every fast path equals the model with the readable forms,
     for every flag combination (adjacency: complete graph only), in float64 to 1e-10."""
     b, ell, n = 2, 3, 4

@@ -91,8 +91,8 @@ class VectorOut(nn.Module):
             raise ValueError("gate() needs an equivariant head with one vector")
         weight, bias = self.last_layer()
         layers = list(self.net)
-        if len(layers) >= 3 and isinstance(layers[-2], nn.SiLU):  # SiLU -> last Linear: keep only its input
-            pre = f
+        if len(layers) >= 3 and isinstance(layers[-2], nn.SiLU) and f.numel() >= STORE_LESS_ELEMENTS:
+            pre = f  # SiLU -> last Linear without storing the SiLU's output: see silu_linear
             for layer in layers[:-2]:
                 pre = layer(pre)
             return self.bound(silu_linear(pre, weight, bias).squeeze(-1))
@@ -238,6 +238,12 @@ def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor
     return _AddOuter.apply(base, weight, *cols)
 
 
+#: from this many elements on, an edge tensor's SiLU output is recomputed in the backward instead of stored
+#: (:func:`silu_linear`): at N = 20 (24M elements per EGCL edge tensor) memory is what limits the batch, and
+#: the extra elementwise pass is ~1% of the step; at N = 5 (1.3M) storing it is ~4% faster per EGCL
+STORE_LESS_ELEMENTS = 1 << 22
+
+
 class _SiluLinear(torch.autograd.Function):
     """``linear(silu(x), weight, bias)`` saving only ``x``; see :func:`silu_linear`."""
 
@@ -277,23 +283,27 @@ def _times_rows(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``nn.functional.linear(silu(x), weight, bias)`` that keeps only ``x`` for the backward.
+    """``nn.functional.linear(silu(x), weight, bias)`` that keeps only ``x`` for the backward when ``x`` is large.
 
     The same function as the two modules ``SiLU -> Linear`` (readable form:
-    :func:`~set_lightning.models.reference.silu_linear`); the backward recomputes ``silu(x)`` (one
-    elementwise pass) instead of storing it, which halves the activation memory of the pair: used on
-    EGCL's edge tensors (``edge_out`` and the ``phi_x`` gate), ``(G, N, K, H)`` each.
+    :func:`~set_lightning.models.reference.silu_linear`). From :data:`STORE_LESS_ELEMENTS` elements on,
+    the backward recomputes ``silu(x)`` (one elementwise pass) instead of storing it, which halves the
+    activation memory of the pair; smaller inputs take the plain path. Used on EGCL's edge tensors
+    (``edge_out`` and the ``phi_x`` gate), ``(G, N, K, H)`` each.
 
     Shapes:
         x: ``(*, d)``, weight: ``(k, d)``, bias: ``(k,)`` or None -> ``(*, k)``.
     """
     dtype = x.dtype
+    if x.numel() < STORE_LESS_ELEMENTS:
+        return nn.functional.linear(nn.functional.silu(x), weight.to(dtype), None if bias is None else bias.to(dtype))
     return _SiluLinear.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
-#: elements of one chunk of a pair tensor in the chunked fast paths (:func:`pair_silu_gates`): small
-#: enough to stay in a core's L2 cache, large enough that the per-chunk Python overhead is negligible
-CHUNK_ELEMENTS = 1 << 17
+#: elements of one chunk of a pair tensor in :func:`pair_silu_gates` (2 MiB in fp32): the chunks bound the
+#: memory of the recomputation; ETAL's step time was the same for 2^17 to 2^21 and 9% slower at 2^15
+#: (per-chunk overhead), measured at N = 5, L = 10, B = 100 on one thread
+CHUNK_ELEMENTS = 1 << 19
 
 
 def _rows(n_rows: int, per_row: int) -> int:
@@ -307,7 +317,7 @@ def _chunk_col(col: torch.Tensor, n_rows: int, r0: int, r1: int) -> torch.Tensor
 
 
 class _PairSiluGates(torch.autograd.Function):
-    """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows; see :func:`pair_silu_gates`."""
+    """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows (:func:`pair_silu_gates`)."""
 
     @staticmethod
     def _pre(za, zb, wcols, cols, r0, r1):  # type: ignore[no-untyped-def]

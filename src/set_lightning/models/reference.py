@@ -54,7 +54,10 @@ def pair_linear(
 
 
 def add_outer(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor]) -> torch.Tensor:
-    """``base + cat(cols) @ weight.T``.  Shapes: base ``(*, d)``, weight ``(d, k)``, cols ``k`` x ``(*, 1)`` -> ``(*, d)``."""
+    """``base + cat(cols) @ weight.T``.
+
+    Shapes: base ``(*, d)``, weight ``(d, k)``, cols ``k`` x ``(*, 1)`` (broadcastable) -> ``(*, d)``.
+    """
     return base + nn.functional.linear(torch.cat([c.expand(base.shape[:-1] + (1,)) for c in cols], -1), weight)
 
 
@@ -138,7 +141,8 @@ def etal(layer, h, x, u, batch):  # type: ignore[no-untyped-def]
         t_idx = torch.arange(ell, device=h.device).repeat_interleave(n)
         n_idx = torch.arange(n, device=h.device).repeat(ell)
     else:
-        fold = lambda z: z.reshape(b, ell, n, z.shape[-1]).transpose(1, 2).reshape(b * n, ell, z.shape[-1])  # noqa: E731
+        fold = lambda z: (z.reshape(b, ell, n, z.shape[-1]).transpose(1, 2)  # noqa: E731
+                          .reshape(b * n, ell, z.shape[-1]))
         unfold = lambda z: z.reshape(b, n, ell, z.shape[-1]).transpose(1, 2).reshape(g, n, z.shape[-1])  # noqa: E731
         t_idx = torch.arange(ell, device=h.device)
         n_idx = torch.zeros(ell, dtype=torch.long, device=h.device)
