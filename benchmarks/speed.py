@@ -655,17 +655,18 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
 
 
 ALLOCATOR_SNIPPET = """
-import statistics, sys, time, torch
+import resource, statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
 import speed
 case = speed.Case("set", {shape!r})
 st = speed.Stepper(case, torch.device("cpu"))
 st.step(); st.step()
-times = []
+times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range({steps}):
     t0 = time.process_time(); st.step(); times.append(time.process_time() - t0)
-print(1e3 * statistics.median(times))
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / {steps}
+print(1e3 * statistics.median(times), faults)
 """
 
 
@@ -673,26 +674,31 @@ def run_allocator(args: argparse.Namespace, log: Callable) -> list[str]:
     """``--allocator``: SET's step with and without ``set_lightning.memory.keep_freed_memory`` (a process-wide
     setting, so measured in separate processes, alternated)."""
     b = args.batch or (20 if args.quick else 100)
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else 5
     lines = ["## Allocator: glibc keeps freed memory, on vs off (--allocator)", "",
              f"SET (conf, L=10, B={b}) training step, CPU time per step (median of each process's steps), in "
              f"separate 1-thread processes with `SET_LIGHTNING_KEEP_HEAP=1` (the default) and `=0`, alternated "
-             f"{rounds} times; the table gives the median over the processes.", "",
-             "| N | step ms, keep heap off | step ms, keep heap on (default) | speed-up | steps per process |",
-             "|---|---|---|---|---|"]
+             f"{rounds} times; the table gives the median over the processes, and the minor page faults per step "
+             "(a count, not disturbed by other processes).", "",
+             "| N | step ms, keep heap off | step ms, keep heap on (default) | speed-up | minor page faults / step, "
+             "off | on | steps per process |", "|---|---|---|---|---|---|---|"]
     for n, steps in ((5, 7), (20, 3)) if not args.quick else ((5, 3),):
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
         code = ALLOCATOR_SNIPPET.format(bench=str(REPO / "benchmarks"), threads=1, shape=shape, steps=steps)
         res: dict[str, list[float]] = {"0": [], "1": []}
+        faults: dict[str, list[float]] = {"0": [], "1": []}
         for _ in range(rounds):
             for keep in ("0", "1"):
                 env = {**os.environ, "SET_LIGHTNING_KEEP_HEAP": keep, "OMP_NUM_THREADS": "1"}
                 out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                                      check=True).stdout
-                res[keep].append(float(out.strip().splitlines()[-1]))
+                ms, flt = out.strip().splitlines()[-1].split()
+                res[keep].append(float(ms))
+                faults[keep].append(float(flt))
         off, on = statistics.median(res["0"]), statistics.median(res["1"])
         log(f"  allocator N={n}: off {off:.1f} ms, on {on:.1f} ms")
-        lines.append(f"| {n} | {off:.1f} | {on:.1f} | {off / on:.2f}x | {steps} |")
+        lines.append(f"| {n} | {off:.1f} | {on:.1f} | {off / on:.2f}x | {statistics.median(faults['0']):,.0f} | "
+                     f"{statistics.median(faults['1']):,.0f} | {steps} |")
     return lines + [""]
 
 

@@ -38,7 +38,10 @@ class EGCL(nn.Module):
     ``(i, (i + k + 1) % N)``, no masked diagonal, 20 % less work at ``N = 5``; k-NN: ``K = k``, so the
     cost grows as ``N k``); ``phi_e``'s first layer is a :class:`PairLinear`
     (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
-    gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product).
+    gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product); on large edge tensors (N = 20)
+    the ``SiLU -> Linear`` pairs of ``phi_e`` and ``phi_x`` do not store the SiLU's output
+    (:func:`~set_lightning.models.layers.silu_linear`). The readable dense form of the whole layer is
+    :func:`set_lightning.models.reference.egcl`.
 
     Args:
         hidden: width ``H`` of node features and messages.

@@ -117,7 +117,8 @@ def gate_heads(f: torch.Tensor, heads: list[VectorOut]) -> torch.Tensor:
 
     Equal to ``torch.cat([head.net[-1](f) for head in heads], -1)`` (one output per head): the last
     layers' weights are stacked so that ``f`` (typically a large per-pair tensor) is read once and its
-    gradient is one matmul instead of a sum of rank-1 products.
+    gradient is one matmul instead of a sum of rank-1 products. Readable form:
+    :func:`set_lightning.models.reference.gate_heads`.
 
     Shapes:
         f: ``(*, d)`` -> ``(*, len(heads))``.
@@ -140,7 +141,8 @@ class PairLinear(nn.Module):
     Equal (same parameter count) to ``nn.Linear(d_a + d_b + d_e, d_out)`` applied to the concatenation:
     the node terms are computed once per node and broadcast to the pairs, the few edge features are
     added in place by fused multiply-adds (:func:`add_outer_`), and an edge feature that is the same
-    number for every pair is folded into the node term.
+    number for every pair is folded into the node term. Readable form (the concatenation):
+    :func:`set_lightning.models.reference.pair_linear`.
 
     ``cols`` are the ``d_e`` edge features, one column each: a tensor broadcastable to the pairs or a
     number (constant over the pairs). With ``index`` ``(P, K)`` the pairs are ``(i, index[i, k])`` instead of
@@ -222,7 +224,8 @@ class _AddOuter(torch.autograd.Function):
 
 
 def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor]) -> torch.Tensor:
-    """``base + cat(cols, -1) @ weight.T``, written into ``base`` (which must be a fresh, unshared tensor).
+    """``base + cat(cols, -1) @ weight.T``, written into ``base`` (which must be a fresh, unshared tensor);
+    readable form: :func:`set_lightning.models.reference.add_outer`.
 
     The same function as ``base + nn.functional.linear(cat(cols), weight)``, computed for a few (``k``)
     input columns as ``k`` fused multiply-adds, with a backward of matrix-vector products: on CPU a GEMM
@@ -252,7 +255,11 @@ class _SiluLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         with torch.autocast(x.device.type, enabled=False):
-            return nn.functional.linear(nn.functional.silu(x), weight, bias)
+            s = nn.functional.silu(x)
+            if weight.shape[0] == 1:  # a matrix-vector product: an (R, 1) GEMM is several times slower on CPU
+                out = (s @ weight[0]).unsqueeze(-1)
+                return out if bias is None else out + bias
+            return nn.functional.linear(s, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
