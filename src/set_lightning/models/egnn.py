@@ -72,9 +72,8 @@ class EGNN(GraphModel):
         x0, v0 = x[:, -1], v[:, -1]
         attrs = self.node_attributes(charges, node_attr)
         graph, edges = self.graph_edges(x0, attrs, self.pair_attributes(edge_attr), 1)
-        # the residual stream h stays in x's dtype (fp32) under autocast; the layers' matmuls run in bf16
         h = self.embedding(torch.cat([torch.linalg.vector_norm(v0, dim=-1, keepdim=True),
-                                      attrs[..., 1:].to(x.dtype)], dim=-1)).to(x.dtype)
+                                      attrs[..., 1:].to(x.dtype)], dim=-1)).to(x.dtype)  # fp32 under autocast
         xs = x0
         for layer in self.layers:
             h, xs = layer(h, xs, v0, edges, graph)

@@ -159,8 +159,9 @@ class SET(GraphModel):
         feats = [torch.linalg.vector_norm(v, dim=-1, keepdim=True), self.charges_per_frame(x, attrs)]
         if not self.equivariant:
             feats += [x - x.mean(dim=2, keepdim=True), v]
-        # the residual stream h stays in x's dtype (fp32) under autocast; the layers' matmuls run in bf16
-        h = self.embed(torch.cat(feats, dim=-1)).to(x.dtype).reshape(b * ell, n, -1)
+        # in the inputs' precision: under autocast the residual stream h stays fp32 (each residual add of a
+        # bf16 / fp16 layer output to it promotes to fp32), only the layers' matmuls run in low precision
+        h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1).to(x.dtype)
         xs, us = x.reshape(b * ell, n, 3), v.reshape(b * ell, n, 3)
         graph, edges = self.graph_edges(xs, attrs, pair, ell)
         for block in self.blocks:
