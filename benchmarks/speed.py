@@ -1,8 +1,8 @@
 """Training speed of every model: time per training step, samples/s, ratio to EGNN, activation memory.
 
 One training step is the library's own: the LightningModule's training objective
-(``SETLightningModule.losses``: ``pos_weight * MSE(x) + vel_weight * MSE(v)`` with the config's weights),
-backward, and a step of its optimiser (``SETLightningModule.make_optimizer``: Adam with the config's
+(``NBodyLightningModule.losses``: ``pos_weight * MSE(x) + vel_weight * MSE(v)`` with the config's weights),
+backward, and a step of its optimiser (``NBodyLightningModule.make_optimizer``: Adam with the config's
 learning rate and weight decay). Every model is built by the CLI (``make_cli(args, run=False)``) from
 ``conf/<model>.yaml`` and ``conf/data/nbody5.yaml`` plus dotted overrides (history, N, batch), and
 trains on one batch whose initial conditions come from ``sample_initial_conditions`` (simulated for
@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -77,7 +78,7 @@ from results_md import write_generated  # benchmarks/results_md.py (run this fil
 
 from set_lightning.lightning_cli import make_cli
 from set_lightning.data import sample_initial_conditions, simulate_charged
-from set_lightning.lit import SETLightningModule
+from set_lightning.lit import NBodyLightningModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "benchmarks/speed.py"
@@ -139,7 +140,7 @@ class Stepper:
         self.init_args = cli.config["model"]["net"]["init_args"].as_dict()
         if net is not None:
             keep = ("lr", "weight_decay", "pos_weight", "vel_weight")
-            module = SETLightningModule(net=net, **{k: module.hparams[k] for k in keep})
+            module = NBodyLightningModule(net=net, **{k: module.hparams[k] for k in keep})
         self.module = module.to(device).train()
         self.opt = self.module.make_optimizer()
         case.n, case.ell, case.batch = data.n_particles, data.history, data.batch_size
@@ -484,16 +485,25 @@ def run_cores(args: argparse.Namespace, log: Callable) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 def load_models_at(rev: str) -> Any:
-    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name."""
+    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name.
+
+    The revision's ``set_lightning`` folder is extracted and registered as a package (``baseline_set_lightning``)
+    whose ``__init__`` is not run, so that ``models`` and its relative imports (``..errors``) load from
+    that revision without importing the rest of it (the CLI, the data, Lightning).
+    """
     tmp = Path(tempfile.mkdtemp(prefix="speed_baseline_"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning/models"],
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning"],
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-    root = tmp / "src" / "set_lightning" / "models"
-    name = "baseline_models"
-    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    root = tmp / "src" / "set_lightning"
+    name = "baseline_set_lightning"
+    parent = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+    parent.__path__ = [str(root)]
+    sys.modules[name] = parent
+    spec = importlib.util.spec_from_file_location(f"{name}.models", root / "models" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "models")])
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -612,6 +622,98 @@ def baseline_section(args: argparse.Namespace, device: torch.device, log: Callab
     return lines + [""]
 
 
+def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """``--baseline REV``: SET and EGNN of revision REV against the working tree at N=5 and N=20 (L=10,
+    B=100), the four steps of a point timed round-robin in one process, with their activation memory."""
+    old = load_models_at(args.baseline)
+    b = args.batch or (20 if args.quick else 100)
+    lines = [f"## Before / after: revision `{args.baseline}` vs this working tree (--baseline)", "",
+             f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, {torch.get_num_threads()} thread(s): the "
+             "revision's models (its `set_lightning/models`, loaded by `git archive`) and this tree's, with the same "
+             "settings, batch, objective and optimiser, timed round-robin in one process (both run under the "
+             "allocator setting of this tree, see --allocator). Activation memory as in the tables above.", "",
+             "| model | N | step ms before | step ms after | speed-up | activation MiB before | activation MiB after "
+             "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in ((5, 20) if not args.quick else (5,)):
+        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        cases, steppers = [], []
+        for name in ("set", "egnn"):
+            for when in ("after", "before"):
+                case = Case(name, shape, f"{{model}} ({when})")
+                new = Stepper(case, device)
+                if when == "before":
+                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+                cases.append(case)
+                steppers.append(new)
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        for after, before in zip(cases[::2], cases[1::2]):
+            ra, rb = after.result, before.result
+            lines.append(f"| {after.label.split(' (')[0]} | {n} | {fmt(rb['ms'])} | {fmt(ra['ms'])} | "
+                         f"{rb['ms'] / ra['ms']:.2f}x | {fmt(rb['act_mib'])} | {fmt(ra['act_mib'])} | "
+                         f"{rb['act_mib'] / ra['act_mib']:.2f}x | {min(ra['repeats'], rb['repeats'])} |")
+    return lines + [""]
+
+
+ALLOCATOR_SNIPPET = """
+import resource, statistics, sys, time, torch
+sys.path.insert(0, {bench!r})
+torch.set_num_threads({threads})
+import speed
+case = speed.Case("set", {shape!r})
+st = speed.Stepper(case, torch.device("cpu"))
+st.step(); st.step()
+times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range({steps}):
+    t0 = time.process_time(); st.step(); times.append(time.process_time() - t0)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / {steps}
+print(1e3 * statistics.median(times), faults)
+"""
+
+
+def run_allocator(args: argparse.Namespace, log: Callable) -> list[str]:
+    """``--allocator``: SET's step with and without ``set_lightning.memory.keep_freed_memory`` (a process-wide
+    setting, so measured in separate processes, alternated)."""
+    b = args.batch or (20 if args.quick else 100)
+    rounds = 1 if args.quick else 5
+    lines = ["## Allocator: glibc keeps freed memory, on vs off (--allocator)", "",
+             f"SET (conf, L=10, B={b}) training step, CPU time per step (median of each process's steps), in "
+             f"separate 1-thread processes with `SET_LIGHTNING_KEEP_HEAP=1` (the default) and `=0`, alternated "
+             f"{rounds} times; the table gives the median over the processes, and the minor page faults per step "
+             "(a count, not disturbed by other processes).", "",
+             "| N | step ms, keep heap off | step ms, keep heap on (default) | speed-up | minor page faults / step, "
+             "off | on | steps per process |", "|---|---|---|---|---|---|---|"]
+    for n, steps in ((5, 7), (20, 3)) if not args.quick else ((5, 3),):
+        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        code = ALLOCATOR_SNIPPET.format(bench=str(REPO / "benchmarks"), threads=1, shape=shape, steps=steps)
+        res: dict[str, list[float]] = {"0": [], "1": []}
+        faults: dict[str, list[float]] = {"0": [], "1": []}
+        for _ in range(rounds):
+            for keep in ("0", "1"):
+                env = {**os.environ, "SET_LIGHTNING_KEEP_HEAP": keep, "OMP_NUM_THREADS": "1"}
+                out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                                     check=True).stdout
+                ms, flt = out.strip().splitlines()[-1].split()
+                res[keep].append(float(ms))
+                faults[keep].append(float(flt))
+        off, on = statistics.median(res["0"]), statistics.median(res["1"])
+        log(f"  allocator N={n}: off {off:.1f} ms, on {on:.1f} ms")
+        lines.append(f"| {n} | {off:.1f} | {on:.1f} | {off / on:.2f}x | {statistics.median(faults['0']):,.0f} | "
+                     f"{statistics.median(faults['1']):,.0f} | {steps} |")
+    return lines + [""]
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its bf16 / AMX flags, from /proc/cpuinfo (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown CPU")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} (flags: {', '.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'})"
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -630,7 +732,10 @@ def main() -> None:
                         help="also profile SET and EGNN at N=5, L=10 and write --profile-output")
     parser.add_argument("--profile-output", default=str(REPO / "results" / "profile.md"))
     parser.add_argument("--baseline", default=None, metavar="REV",
-                        help="with --profile: time SET and EGNN of this git revision against the working tree")
+                        help="time SET and EGNN of this git revision against the working tree (N=5 and N=20, with "
+                             "activation memory; with --profile also the profile's before/after at 1 and 2 threads)")
+    parser.add_argument("--allocator", action="store_true",
+                        help="SET's step with the glibc keep-freed-memory setting on vs off (separate processes)")
     parser.add_argument("--baseline-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 100; 20 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 7; 3 with --quick)")
@@ -661,7 +766,8 @@ def main() -> None:
         f"torch {torch.__version__}, device {device}, intra-op threads: {torch.get_num_threads()}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"CUDA available: {with_cuda}" + (f" ({torch.cuda.get_device_name()})" if with_cuda else "")
-        + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, os.cpu_count()={os.cpu_count()}",
+        + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, os.cpu_count()={os.cpu_count()}  ",
+        f"CPU: {cpu_model()}",
         "",
     ]
     if args.threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
@@ -676,12 +782,22 @@ def main() -> None:
         parts.append(("--bf16", args.output, lambda: header + run_bf16(args, device, log)))
     if args.cores:
         parts.append(("--cores", args.output, lambda: header + run_cores(args, log)))
+    if args.baseline:
+        parts.append(("--baseline", args.output, lambda: header + run_baseline(args, device, log)))
+    if args.allocator:
+        parts.append(("--allocator", args.output, lambda: header + run_allocator(args, log)))
     if args.profile:
         parts.append(("--profile", args.profile_output, lambda: ["# Profile of SET vs EGNN (benchmarks/speed.py)", ""]
                       + header + run_profile(args, device, log)))
     for part, output, run in parts:
-        t_start = time.perf_counter()
-        lines = run() + [f"Time of this part: {time.perf_counter() - t_start:.0f} s."]
+        t_start, load = time.perf_counter(), os.getloadavg()[0]
+        lines = run()
+        load = max(load, os.getloadavg()[0])
+        shared = (f"Load average (1 min) up to {load:.1f} on {os.cpu_count()} cores during this part: "
+                  + ("the cores were shared with other processes (background runs), so absolute times are "
+                     "inflated; ratios measured side by side in one loop are the robust numbers."
+                     if load > 1.5 else "the cores were otherwise idle."))
+        lines = lines + [shared, "", f"Time of this part: {time.perf_counter() - t_start:.0f} s."]
         text = "\n".join(lines) + "\n"
         print(text)
         write_generated(output, f"{SCRIPT} {part}", text)

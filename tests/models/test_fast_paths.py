@@ -1,92 +1,30 @@
 """The optimised EGCL / ETAL compute exactly the straightforward dense formulas (forward and gradients).
 
-The references below are the plain implementations (dense ``N x N`` edges with a masked diagonal,
-concatenated pair features, one ``Linear`` per head), evaluated with the same modules' parameters.
+The references are the plain implementations in :mod:`set_lightning.models.reference` (dense ``N x N``
+edges with a masked diagonal, concatenated pair features, one ``Linear`` per head, every pair tensor
+materialised), evaluated with the same modules' parameters; in float64 outputs and gradients agree to
+1e-10.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
 from torch import nn
 
 from model_helpers import random_inputs
-from set_lightning.models import EGCL, ETAL, SET
+from set_lightning.models import EGCL, ETAL, SET, egcl, etal, layers, reference
 from set_lightning.models.layers import (
-    EPS, Graph, PairLinear, VectorOut, add_outer_, gather_nodes, neighbour_index, sinusoidal_encoding,
+    Graph, PairLinear, VectorOut, add_outer_, gate_heads, gather_nodes, neighbour_index, pair_silu_gates,
+    silu_linear,
 )
 
-
-def reference_egcl(layer: EGCL, h, x, v, edge_attr, adj=None):
-    """EGCL on dense (G, N, N) pair tensors, the edges those of ``adj`` (default: all i != j) by masking."""
-    n = x.shape[-2]
-    hn = h if layer.norm is None else layer.norm(h)
-    diff = x.unsqueeze(-2) - x.unsqueeze(-3)
-    radial = (diff**2).sum(-1, keepdim=True)
-    if layer.norm_diff:
-        diff = diff / (torch.sqrt(radial + EPS) + 1.0)
-    e = torch.cat([radial, edge_attr] + ([] if layer.equivariant else [diff]), dim=-1)
-    pair = layer.edge_in
-    pre = pair.lin_a(hn).unsqueeze(-2) + pair.lin_b(hn).unsqueeze(-3) + pair.lin_e(e)
-    m = layer.edge_out(pre)
-    mask = ~torch.eye(n, dtype=torch.bool).unsqueeze(-1)
-    if adj is not None:
-        mask = mask & adj.unsqueeze(-1)
-    degree = mask.sum(-2, keepdim=True).clamp(min=1)
-    if layer.att is not None:
-        a = layer.att(m).masked_fill(~mask, float("-inf")).softmax(dim=-2).nan_to_num(0.0)  # no edges: no weight
-        g, _, _, d = m.shape
-        agg = (a.unsqueeze(-1) * m.view(g, n, n, layer.n_heads, d // layer.n_heads)).sum(-3).flatten(-2)
-        w = a.mean(-1, keepdim=True)
-    else:
-        agg = (m * mask).sum(-2)
-        w = mask.to(m.dtype) / degree
-    x = x + layer.coords_weight * (w * layer.phi_x(m, diff.unsqueeze(-2))).sum(-2)
-    if layer.phi_v is not None:
-        x = x + layer.phi_v(hn, v.unsqueeze(-2))
-    out = layer.node_mlp(torch.cat([hn, agg], dim=-1))
-    return (h + out if layer.recurrent else out), x
+TOL = dict(rtol=1e-10, atol=1e-10)
 
 
-def reference_etal(layer: ETAL, h, x, u, batch):
-    g, n, d = h.shape
-    b, ell = batch, g // batch
-    if layer.adjacency:
-        fold = lambda z: z.reshape(b, ell * n, z.shape[-1])  # noqa: E731
-        unfold = lambda z: z.reshape(g, n, z.shape[-1])  # noqa: E731
-        t_idx = torch.arange(ell).repeat_interleave(n)
-        n_idx = torch.arange(n).repeat(ell)
-    else:
-        fold = lambda z: z.reshape(b, ell, n, z.shape[-1]).transpose(1, 2).reshape(b * n, ell, z.shape[-1])  # noqa: E731
-        unfold = lambda z: z.reshape(b, n, ell, z.shape[-1]).transpose(1, 2).reshape(g, n, z.shape[-1])  # noqa: E731
-        t_idx = torch.arange(ell)
-        n_idx = torch.zeros(ell, dtype=torch.long)
-    ht, xt, ut = fold(h), fold(x), fold(u)
-    bt, t = ht.shape[:2]
-    hn = layer.norm(ht)
-    hq = hn + sinusoidal_encoding(ell - 1 - t_idx, d).to(hn.dtype)
-    rel = xt.unsqueeze(-3) - xt.unsqueeze(-2)
-    r2 = (rel**2).sum(-1, keepdim=True)
-    same = (n_idx[:, None] == n_idx[None, :]).to(r2.dtype).unsqueeze(-1).expand_as(r2)
-    geo = torch.cat([torch.log1p(r2), same], dim=-1)
-    q, k = layer.qk(hq).view(bt, t, 2, layer.n_heads, d // layer.n_heads).permute(2, 0, 3, 1, 4)
-    val = layer.val(hn).view(bt, t, layer.n_heads, d // layer.n_heads).transpose(1, 2)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(d // layer.n_heads)
-    a = (scores + layer.geo(geo).permute(0, 3, 1, 2)).softmax(-1)
-    o = (a @ val).transpose(1, 2).reshape(bt, t, d)
-    ht = ht + layer.drop(layer.out(o))
-    abar = a.mean(1).unsqueeze(-1)
-    pair = layer.pair
-    p = nn.functional.silu(pair.lin_a(hq).unsqueeze(-2) + pair.lin_b(hq).unsqueeze(-3) + pair.lin_e(geo))
-    if layer.norm_diff:
-        rel = rel / (torch.sqrt(r2 + EPS) + 1.0)
-    xt = xt + (abar * layer.phi_x(p, rel.unsqueeze(-2))).sum(-2)
-    us = ut.unsqueeze(-3).expand(bt, t, t, 3).unsqueeze(-2)
-    ut = ut + (abar * layer.phi_u(p, us)).sum(-2)
-    return unfold(ht), unfold(xt), unfold(ut)
+reference_egcl, reference_etal = reference.egcl, reference.etal
 
 
 def _randomise(module: nn.Module, seed: int = 0) -> None:
@@ -101,12 +39,12 @@ def _compare(fast, ref, inputs):
     leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     out_f, out_r = fast(), ref()
     for a, b in zip(out_f, out_r):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, **TOL)
     w = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype) for i, o in enumerate(out_f)]
     gf = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(out_f, w)), leaves)
     gr = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(out_r, w)), leaves)
     for a, b in zip(gf, gr):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL)
 
 
 EGCL_FLAGS = [dict(zip(("attention", "equivariant", "pre_norm", "norm_diff", "tanh"), c))
@@ -115,7 +53,7 @@ EGCL_FLAGS = [dict(zip(("attention", "equivariant", "pre_norm", "norm_diff", "ta
 
 @pytest.mark.parametrize("flags", EGCL_FLAGS, ids=lambda f: "-".join(k for k, v in f.items() if v) or "none")
 @pytest.mark.parametrize("n", [2, 5])
-def test_egcl_matches_dense_reference(flags, n):
+def test_egcl_matches_dense_reference(store_less, flags, n):
     torch.manual_seed(0)
     layer = EGCL(hidden=8, edge_dim=2, n_heads=2, coords_range=3.0, **flags).double()
     _randomise(layer)
@@ -132,7 +70,7 @@ def test_egcl_matches_dense_reference(flags, n):
 
 @pytest.mark.parametrize("attention", [True, False])
 @pytest.mark.parametrize("kind", ["knn", "given"])
-def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(kind, attention):
+def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(store_less, kind, attention):
     """k-NN and given (padded, masked; one node without edges) graphs: values and gradients equal the
     dense layer with the non-edges masked out."""
     torch.manual_seed(0)
@@ -250,3 +188,142 @@ def test_single_particle_is_finite(spatial_attention):
     assert torch.isfinite(xp).all() and torch.isfinite(vp).all()
     (xp.sum() + vp.sum()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# --- each fast path against its readable form in set_lightning.models.reference (float64, 1e-10) ---------------
+
+def _leaves(*shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def _same_function(fast, ref, leaves):
+    """Equal outputs and equal gradients (of a random projection) with respect to every leaf."""
+    _compare(lambda: (fast(),), lambda: (ref(),), leaves)
+
+
+@pytest.mark.parametrize("chunk", [None, 700])  # one chunk, or a few rows per chunk (and a partial last one)
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_pair_silu_gates_equals_reference(monkeypatch, chunk, k):
+    if chunk is not None:
+        monkeypatch.setattr(layers, "CHUNK_ELEMENTS", chunk)
+    za, zb, lr2, same, wcols, weight = _leaves((7, 4, 6), (7, 3, 6), (7, 4, 3, 1), (4, 3, 1), (6, 2), (k, 6))
+    leaves = [za, zb, lr2, same, wcols, weight]
+    _same_function(lambda: pair_silu_gates(za, zb, [lr2, same], wcols, weight),
+                   lambda: reference.pair_silu_gates(za, zb, [lr2, same], wcols, weight), leaves)
+    _same_function(lambda: pair_silu_gates(za, zb, [], None, weight),  # no edge columns
+                   lambda: reference.pair_silu_gates(za, zb, [], None, weight), [za, zb, weight])
+
+
+@pytest.fixture(params=["store less", "plain"])
+def store_less(request, monkeypatch):
+    """Both paths of silu_linear: recompute the SiLU in the backward (every size), or store it (as at N = 5)."""
+    monkeypatch.setattr(layers, "STORE_LESS_ELEMENTS", 0 if request.param == "store less" else 1 << 62)
+    return request.param
+
+
+@pytest.mark.parametrize("k,bias", [(1, False), (2, True), (8, True)])
+def test_silu_linear_equals_reference(store_less, k, bias):
+    x, weight, b = _leaves((3, 5, 6), (k, 6), (k,))
+    b = b if bias else None
+    leaves = [x, weight] + ([b] if bias else [])
+    _same_function(lambda: silu_linear(x, weight, b), lambda: reference.silu_linear(x, weight, b), leaves)
+
+
+@pytest.mark.parametrize("n_layers,last_bias,tanh",
+                         [(2, False, True), (2, True, False), (1, True, True), (3, True, False)])
+def test_vector_gate_equals_reference(store_less, n_layers, last_bias, tanh):
+    torch.manual_seed(0)
+    head = VectorOut(d_in=6, n_vectors=1, d_hidden=8, tanh=tanh, scale=2.0, last_bias=last_bias,
+                     n_layers=n_layers).double()
+    _randomise(head)
+    (f,) = _leaves((4, 5, 6))
+    _same_function(lambda: head.gate(f), lambda: reference.vector_gate(head, f), [f, *head.parameters()])
+
+
+def test_gate_heads_and_add_outer_equal_reference():
+    torch.manual_seed(0)
+    heads = [VectorOut(d_in=6, n_vectors=1, d_hidden=6, n_layers=1, last_bias=b).double() for b in (False, True)]
+    f, base, w, c1, c2 = _leaves((4, 5, 6), (2, 3, 3, 4), (4, 2), (2, 3, 3, 1), (3, 3, 1))
+    params = [p for h in heads for p in h.parameters()]
+    _same_function(lambda: gate_heads(f, heads), lambda: reference.gate_heads(f, heads), [f, *params])
+    _same_function(lambda: add_outer_(base * 1, w, [c1, c2]), lambda: reference.add_outer(base, w, [c1, c2]),
+                   [base, w, c1, c2])
+
+
+@pytest.mark.parametrize("kind", ["dense", "complete", "knn"])
+def test_pair_linear_equals_reference(kind):
+    torch.manual_seed(0)
+    pair = PairLinear(d_a=3, d_b=3, d_e=2, d_out=5).double()
+    _randomise(pair)
+    a, b = _leaves((2, 6, 3), (2, 6, 3))
+    index = {"dense": None, "complete": neighbour_index(6),
+             "knn": Graph.knn(torch.randn(2, 6, 3, dtype=torch.float64), 3).index}[kind]
+    k = 6 if index is None else index.shape[-1]
+    (e,) = _leaves((2, 6, k, 1), seed=1)
+    _same_function(lambda: pair(a, b, [e, 0.5], index), lambda: reference.pair_linear(pair, a, b, [e, 0.5], index),
+                   [a, b, e, *pair.parameters()])
+
+
+@pytest.mark.parametrize("flags", ETAL_FLAGS, ids=lambda f: "-".join(k for k, v in f.items() if v) or "none")
+def test_etal_in_several_chunks_matches_dense_reference(monkeypatch, flags):
+    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 150)  # 1-2 rows per chunk
+    test_etal_matches_dense_reference(flags)
+
+
+def _reference_paths(monkeypatch):
+    """Every fast path of the model code replaced by its readable form."""
+    monkeypatch.setattr(PairLinear, "forward", lambda self, a, b, cols=(), index=None:
+                        reference.pair_linear(self, a, b, cols, index))
+    monkeypatch.setattr(VectorOut, "gate", lambda self, f: reference.vector_gate(self, f))
+    for module in (layers, egcl):
+        monkeypatch.setattr(module, "silu_linear", reference.silu_linear)
+    for module in (layers, etal):
+        monkeypatch.setattr(module, "pair_silu_gates", reference.pair_silu_gates)
+
+
+SET_FLAGS = [dict(zip(("equivariant", "spatial_attention", "temporal_attention", "adjacency", "norm_diff", "tanh"), c))
+             for c in itertools.product([True, False], repeat=6)]
+GRAPH_KINDS = [dict(graph="complete"), dict(graph="knn", k=2),
+               dict(graph="given", node_dim=2, edge_dim=1), dict(graph="complete", node_dim=2, edge_dim=2)]
+
+
+@pytest.mark.parametrize("kind", GRAPH_KINDS, ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+def test_set_fast_paths_equal_reference_paths(monkeypatch, store_less, kind):
+    """The whole SET (and its gradients) with every fast path equals the model with the readable forms,
+    for every flag combination (adjacency: complete graph only), in float64 to 1e-10."""
+    b, ell, n = 2, 3, 4
+    x, v, q = random_inputs(b=b, ell=ell, n=n)
+    g = torch.Generator().manual_seed(3)
+    node_attr = torch.cat([q, torch.randn(b, n, 1, generator=g, dtype=torch.float64)], -1)
+    edge_attr = torch.randn(b, n, n, kind.get("edge_dim", 1), generator=g, dtype=torch.float64)
+    edge_attr[..., 0] = (edge_attr[..., 0] > 0).double()  # channel 0: the given graph's adjacency
+    extra = {}
+    if kind.get("node_dim"):
+        extra["node_attr"] = node_attr
+    if kind.get("edge_dim"):
+        extra["edge_attr"] = edge_attr
+    x.requires_grad_(True)
+    v.requires_grad_(True)
+    for flags in SET_FLAGS:
+        if flags["adjacency"] and kind["graph"] != "complete":
+            continue
+        torch.manual_seed(0)
+        model = SET(hidden=8, n_blocks=2, n_spatial_layers=1, n_heads=2, dropout=0.0, coords_range=3.0,
+                    **flags, **kind).double()
+        _randomise(model)
+        params = list(model.parameters())
+        out_fast = model(x, v, q, **extra)
+        grads_fast = torch.autograd.grad(sum((o * (i + 1.5)).sum() for i, o in enumerate(out_fast)), [x, v, *params],
+                                         allow_unused=True)
+        with monkeypatch.context() as mp:
+            _reference_paths(mp)
+            out_ref = model(x, v, q, **extra)
+            grads_ref = torch.autograd.grad(sum((o * (i + 1.5)).sum() for i, o in enumerate(out_ref)),
+                                            [x, v, *params], allow_unused=True)
+        for a, r in zip(out_fast, out_ref):
+            torch.testing.assert_close(a, r, **TOL, msg=lambda m: f"{flags} {kind}: {m}")
+        for a, r in zip(grads_fast, grads_ref):
+            assert (a is None) == (r is None)
+            if a is not None:
+                torch.testing.assert_close(a, r, **TOL, msg=lambda m: f"{flags} {kind}: {m}")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, Graph, PairLinear, VectorOut
+from .layers import EPS, Graph, PairLinear, VectorOut, silu_linear
 
 TRANS_CLAMP = 100.0
 
@@ -38,7 +38,10 @@ class EGCL(nn.Module):
     ``(i, (i + k + 1) % N)``, no masked diagonal, 20 % less work at ``N = 5``; k-NN: ``K = k``, so the
     cost grows as ``N k``); ``phi_e``'s first layer is a :class:`PairLinear`
     (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
-    gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product).
+    gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product); on large edge tensors (N = 20)
+    the ``SiLU -> Linear`` pairs of ``phi_e`` and ``phi_x`` do not store the SiLU's output
+    (:func:`~set_lightning.models.layers.silu_linear`). The readable dense form of the whole layer is
+    :func:`set_lightning.models.reference.egcl`.
 
     Args:
         hidden: width ``H`` of node features and messages.
@@ -116,7 +119,9 @@ class EGCL(nn.Module):
         cols = [radial, *edge_attr.split(1, dim=-1)]
         if not self.equivariant:
             cols += diff.split(1, dim=-1)
-        return self.edge_out(self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index))
+        pre = self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index)
+        act, lin, act_out = self.edge_out  # SiLU -> Linear -> SiLU; the first SiLU's output is not stored
+        return act_out(silu_linear(pre, lin.weight, lin.bias))
 
     def edge_attention(self, m: torch.Tensor, graph: Graph) -> torch.Tensor | None:
         """Attention weights over each node's edges, per head (None without ``attention``: plain sum / mean).

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, PairLinear, VectorOut, gate_heads, sinusoidal_encoding
+from .layers import EPS, PairLinear, VectorOut, pair_silu_gates, sinusoidal_encoding, stacked_last_layers
 
 
 class ETAL(nn.Module):
@@ -34,8 +34,9 @@ class ETAL(nn.Module):
     Implementation: the pair tensor ``p`` ``(R, T, T, H)`` dominates the cost. Its pre-activation is a
     :class:`PairLinear` (per-token terms broadcast to the pairs plus one fused multiply-add for the
     distance term; ``same_node`` is constant without ``adjacency`` and folds into the token term); in the
-    equivariant case ``phi_x`` and ``phi_u`` read ``p`` in one matmul (:func:`gate_heads`), and the
-    velocity update is a batched matmul.
+    equivariant case the two gates ``phi_x(p), phi_u(p)`` are computed chunk by chunk without storing
+    ``p`` (:func:`~set_lightning.models.layers.pair_silu_gates`; readable form in
+    :mod:`set_lightning.models.reference`), and the velocity update is a batched matmul.
 
     Args:
         hidden: feature width ``H``.
@@ -147,16 +148,21 @@ class ETAL(nn.Module):
         Shapes: xt, ut ``(R, T, 3)``, hq ``(R, T, H)``, rel ``(R, T, T, 3)``, r2, lr2 ``(R, T, T, 1)``,
         same ``(T, T)`` or None, abar ``(R, T, T)`` -> ``(R, T, 3)`` x2.
         """
-        p = nn.functional.silu(self.pair(hq, hq, [lr2, 1.0 if same is None else same.unsqueeze(-1)]))
+        cols = [lr2, 1.0 if same is None else same.unsqueeze(-1)]
         if self.norm_diff:
             rel = rel / (torch.sqrt(r2 + EPS) + 1.0)
         if self.phi_x.equivariant:
-            gx, gu = gate_heads(p, [self.phi_x, self.phi_u]).unbind(-1)  # (R, T, T) each
+            weight, bias = stacked_last_layers([self.phi_x, self.phi_u])
+            gates = pair_silu_gates(*self.pair.node_terms(hq, hq, cols), weight)  # p never stored
+            if bias is not None:
+                gates = gates + bias.to(gates.dtype)
+            gx, gu = gates.unbind(-1)  # (R, T, T) each
             wx = abar * self.phi_x.bound(gx)
             wu = abar * self.phi_u.bound(gu)
             xt = xt + (wx.unsqueeze(-1) * rel).sum(-2)
             ut = ut + wu.to(ut.dtype) @ ut  # sum_s abar phi_u u_s
         else:
+            p = nn.functional.silu(self.pair(hq, hq, cols))
             r, t, _ = xt.shape
             abar = abar.unsqueeze(-1)
             xt = xt + (abar * self.phi_x(p, rel.unsqueeze(-2))).sum(-2)
