@@ -238,7 +238,8 @@ def main() -> None:
                 ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
     from set_lightning.experiments.ladder_report import history_report
 
-    history_report(out, t=opts.tflop, headline=HEADLINE)
+    history_report(out, t=opts.tflop, headline=HEADLINE, recipe_of=RECIPE_OF,
+                   searching=[arm for arm in HEADLINE if study.chosen_recipe(arm) is None])
 
 
 if __name__ == "__main__":

@@ -90,12 +90,26 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "results" / "history"))
     parser.add_argument("--recipe-tflop", type=float, default=10.0, help="the recipe search's rung (default 10)")
     opts = parser.parse_args()
-    rows = LadderRows(Path(opts.results))
+    from history_study import (  # benchmarks/history_study.py: the study's recipe search
+        DATA,
+        RECIPE_OF,
+        Study,
+    )
+
+    from set_lightning.experiments.ladder import Ladder
+
+    results = Path(opts.results)
+    rows = LadderRows(results)
+    study = Study(Ladder(results, REPO, DATA, REPO / "runs" / results.name), opts.recipe_tflop)
     entries = manifest()
     for arm in opts.arms:
-        family = "SET L=10" if arm.startswith("SET L=10") else arm
+        family = RECIPE_OF.get(arm, arm)
         recipe, _ = recipe_choice(rows, family, opts.recipe_tflop)
-        entries[NAMES[arm]] = ship(rows, arm, recipe, opts.tflop, REPO / "runs" / Path(opts.results).name)
+        entries[NAMES[arm]] = ship(rows, arm, recipe, opts.tflop, REPO / "runs" / results.name)
+        final = study.chosen_recipe(family) is not None
+        entries[NAMES[arm]]["status"] = (
+            f"the study's best model at {opts.tflop:g} TFLOP" if final else
+            f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} TFLOP")
         print(f"{NAMES[arm]}: test {entries[NAMES[arm]]['test']['pos_mse']:.6g}", flush=True)
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 

@@ -121,15 +121,17 @@ class LadderRows:
         return np.stack(errs)
 
 
-def recipe_choice(lr: LadderRows, arm: str, t: float) -> tuple[Optional[str], list[list[str]]]:
-    """The recipe of ``arm`` with the lowest best validation MSE at ``t``, seed 0, and the table rows."""
+def recipe_choice(lr: LadderRows, arm: str, t: float, final: bool = True) -> tuple[Optional[str], list[list[str]]]:
+    """The recipe of ``arm`` with the lowest best validation MSE at ``t``, seed 0, and the table rows
+    (``final=False``: the search has more recipes to run, so the best is marked as the best so far)."""
     found = [(recipe, rows[0]) for (a, recipe, b), rows in lr.cells.items()
              if a == arm and b == t and any(r["seed"] == 0 for r in rows)]
     found = [(recipe, next(r for r in lr.cells[(arm, recipe, t)] if r["seed"] == 0)) for recipe, _ in found]
     if not found:
         return None, []
     best = min(found, key=lambda f: f[1]["best_val_pos_mse"])[0]
-    table = [[arm, recipe + (" **(chosen)**" if recipe == best else ""), _fmt(r["best_val_pos_mse"]),
+    mark = " **(chosen)**" if final else " (best so far: the search goes on)"
+    table = [[arm, recipe + (mark if recipe == best else ""), _fmt(r["best_val_pos_mse"]),
               _fmt(r["test_pos_mse"]), _fmt(r.get("test_pos_mse_median")), str(r["steps"]), str(r.get("best_step"))]
              for recipe, r in found]
     return best, table
@@ -154,7 +156,8 @@ def compare(lr: LadderRows, a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[
 
 
 def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Optional[Sequence[tuple]] = None,
-                   recipe_of: Optional[Mapping[str, str]] = None, ablation_prefix: str = ": ") -> str:
+                   recipe_of: Optional[Mapping[str, str]] = None, ablation_prefix: str = ": ",
+                   searching: Sequence[str] = ()) -> str:
     """Write ``<out>.md`` and ``<out>.png`` from the study's rows; returns the Markdown.
 
     Args:
@@ -165,6 +168,7 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
             and each other non-ablation arm against the first headline arm).
         recipe_of: arm -> the headline arm whose chosen recipe it uses.
         ablation_prefix: arms named ``"<model><prefix><flag>"`` are the ablation of ``<model>``.
+        searching: headline arms whose recipe search has runs still to do (their best is provisional).
     """
     out = Path(out)
     lr = LadderRows(out)
@@ -194,7 +198,7 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
     chosen: dict[str, Optional[str]] = {}
     recipe_rows = []
     for arm in headline:
-        chosen[arm], rows = recipe_choice(lr, arm, t)
+        chosen[arm], rows = recipe_choice(lr, arm, t, final=arm not in searching)
         recipe_rows += rows
     for arm in lr.arms():
         if arm not in chosen:
@@ -205,7 +209,10 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                 chosen[arm] = next(iter(recipes)) if len(recipes) == 1 else None
     md += ["", f"## Recipe search ({t:g} TFLOP, seed 0)", "",
            "Each model at three learning rates (cosine to the last step after 30 warm-up steps; EGNN also with "
-           "its own constant rate); the lowest best validation MSE is chosen for every other run of that model.", "",
+           "its own constant rate), and beyond the highest (lowest) rate while that one is the best; the lowest "
+           "best validation MSE is chosen for every other run of that model."
+           + (f" Still searching: {', '.join(searching)}; the ladder below shows their best recipe so far."
+              if searching else ""), "",
            *_table(["model", "recipe", "best val MSE", "test MSE", "test median", "steps", "best step"], recipe_rows)]
 
     budgets = sorted({k[2] for k in lr.cells})
