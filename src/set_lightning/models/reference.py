@@ -121,8 +121,7 @@ def egcl(layer, h, x, v, edge_attr, adj=None):  # type: ignore[no-untyped-def]
         agg = (m * mask).sum(-2)
         w = mask.to(m.dtype) / degree
     trans = layer.phi_x(m, diff.unsqueeze(-2))
-    norm = torch.linalg.vector_norm(trans, dim=-1, keepdim=True)
-    trans = torch.where(norm > TRANS_CLAMP, trans * TRANS_CLAMP / norm, trans)  # bounded by its norm
+    trans = trans * (TRANS_CLAMP / torch.linalg.vector_norm(trans, dim=-1, keepdim=True).clamp(min=TRANS_CLAMP))
     x = x + layer.coords_weight * (w * trans).sum(-2)
     if layer.phi_v is not None:
         x = x + layer.phi_v(hn, v.unsqueeze(-2))
