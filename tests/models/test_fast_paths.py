@@ -12,14 +12,13 @@ import itertools
 
 import pytest
 import torch
+from model_helpers import random_inputs
 from torch import nn
 
-from model_helpers import random_inputs
-from set_lightning.models import EGCL, ETAL, SET, egcl, etal, layers, reference
-from set_lightning.models.layers import (
-    Graph, PairLinear, VectorOut, add_outer_, gate_heads, gather_nodes, neighbour_index, pair_silu_gates,
-    silu_linear,
-)
+from set_lightning.models import EGCL, ETAL, SET, egcl, etal, fused, layers, reference
+from set_lightning.models.fused import add_outer_, pair_silu_gates, silu_linear
+from set_lightning.models.graph import Graph, gather_nodes, neighbour_index
+from set_lightning.models.layers import PairLinear, VectorOut, gate_heads
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -206,7 +205,7 @@ def _same_function(fast, ref, leaves):
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_pair_silu_gates_equals_reference(monkeypatch, chunk, k):
     if chunk is not None:
-        monkeypatch.setattr(layers, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
     za, zb, lr2, same, wcols, weight = _leaves((7, 4, 6), (7, 3, 6), (7, 4, 3, 1), (4, 3, 1), (6, 2), (k, 6))
     leaves = [za, zb, lr2, same, wcols, weight]
     _same_function(lambda: pair_silu_gates(za, zb, [lr2, same], wcols, weight),
@@ -218,7 +217,7 @@ def test_pair_silu_gates_equals_reference(monkeypatch, chunk, k):
 @pytest.fixture(params=["store less", "plain"])
 def store_less(request, monkeypatch):
     """Both paths of silu_linear: recompute the SiLU in the backward (every size), or store it (as at N = 5)."""
-    monkeypatch.setattr(layers, "STORE_LESS_ELEMENTS", 0 if request.param == "store less" else 1 << 62)
+    monkeypatch.setattr(fused, "STORE_LESS_ELEMENTS", 0 if request.param == "store less" else 1 << 62)
     return request.param
 
 
@@ -267,7 +266,7 @@ def test_pair_linear_equals_reference(kind):
 
 @pytest.mark.parametrize("flags", ETAL_FLAGS, ids=lambda f: "-".join(k for k, v in f.items() if v) or "none")
 def test_etal_in_several_chunks_matches_dense_reference(monkeypatch, flags):
-    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 150)  # 1-2 rows per chunk
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 150)  # 1-2 rows per chunk
     test_etal_matches_dense_reference(flags)
 
 
@@ -278,8 +277,7 @@ def _reference_paths(monkeypatch):
     monkeypatch.setattr(VectorOut, "gate", lambda self, f: reference.vector_gate(self, f))
     for module in (layers, egcl):
         monkeypatch.setattr(module, "silu_linear", reference.silu_linear)
-    for module in (layers, etal):
-        monkeypatch.setattr(module, "pair_silu_gates", reference.pair_silu_gates)
+    monkeypatch.setattr(etal, "pair_silu_gates", reference.pair_silu_gates)
 
 
 SET_FLAGS = [dict(zip(("equivariant", "spatial_attention", "temporal_attention", "adjacency", "norm_diff", "tanh"), c))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_helpers import TINY_SET, random_inputs, random_orthogonal
+
 from set_lightning.errors import UserError
 from set_lightning.models import EGNN, SET
-from set_lightning.models.layers import Graph
+from set_lightning.models.graph import Graph
 
 TOL = 1e-10
 N = 7

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import Graph
-
+from .graph import Graph
 
 
 def require_sizes(**sizes: int) -> None:

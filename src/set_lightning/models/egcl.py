@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, Graph, PairLinear, VectorOut, silu_linear
+from .fused import silu_linear
+from .graph import Graph
+from .layers import EPS, PairLinear, VectorOut
 
 TRANS_CLAMP = 100.0
 
@@ -15,7 +17,7 @@ class EGCL(nn.Module):
     r"""One E(n)-equivariant graph convolutional layer with optional multi-head edge attention.
 
     For every graph (the batch and time axes are folded together, ``G = B * L``) and its edges ``(i, j)``
-    (all pairs ``i != j`` of the complete graph, or a :class:`~set_lightning.models.layers.Graph`'s),
+    (all pairs ``i != j`` of the complete graph, or a :class:`~set_lightning.models.graph.Graph`'s),
     in the steps of the forward (as EGNN's ``E_GCL``: ``edge_model``, ``coord_model``, ``node_model``)::
 
         coord2radial:    d_ij = x_i - x_j,  r_ij = |x_i - x_j|^2
@@ -40,7 +42,7 @@ class EGCL(nn.Module):
     (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
     gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product); on large edge tensors (N = 20)
     the ``SiLU -> Linear`` pairs of ``phi_e`` and ``phi_x`` do not store the SiLU's output
-    (:func:`~set_lightning.models.layers.silu_linear`). The readable dense form of the whole layer is
+    (:func:`~set_lightning.models.fused.silu_linear`). The readable dense form of the whole layer is
     :func:`set_lightning.models.reference.egcl`.
 
     Args:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import EPS, PairLinear, VectorOut, pair_silu_gates, sinusoidal_encoding, stacked_last_layers
+from .fused import pair_silu_gates
+from .layers import EPS, PairLinear, VectorOut, sinusoidal_encoding, stacked_last_layers
 
 
 class ETAL(nn.Module):
@@ -35,7 +36,7 @@ class ETAL(nn.Module):
     :class:`PairLinear` (per-token terms broadcast to the pairs plus one fused multiply-add for the
     distance term; ``same_node`` is constant without ``adjacency`` and folds into the token term); in the
     equivariant case the two gates ``phi_x(p), phi_u(p)`` are computed chunk by chunk without storing
-    ``p`` (:func:`~set_lightning.models.layers.pair_silu_gates`; readable form in
+    ``p`` (:func:`~set_lightning.models.fused.pair_silu_gates`; readable form in
     :mod:`set_lightning.models.reference`), and the velocity update is a batched matmul.
 
     Args:

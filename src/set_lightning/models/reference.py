@@ -8,11 +8,11 @@ gradients to 1e-10). These forms are for reading and testing: they materialise e
 the concatenated features, and are slower and larger.
 
 * :func:`pair_linear` — :class:`~set_lightning.models.layers.PairLinear` (``Linear`` of the concatenation);
-* :func:`add_outer` — :func:`~set_lightning.models.layers.add_outer_`;
+* :func:`add_outer` — :func:`~set_lightning.models.fused.add_outer_`;
 * :func:`gate_heads` — :func:`~set_lightning.models.layers.gate_heads`;
 * :func:`vector_gate` — :meth:`VectorOut.gate <set_lightning.models.layers.VectorOut.gate>`;
-* :func:`silu_linear` — :func:`~set_lightning.models.layers.silu_linear`;
-* :func:`pair_silu_gates` — :func:`~set_lightning.models.layers.pair_silu_gates`;
+* :func:`silu_linear` — :func:`~set_lightning.models.fused.silu_linear`;
+* :func:`pair_silu_gates` — :func:`~set_lightning.models.fused.pair_silu_gates`;
 * :func:`egcl` — :class:`~set_lightning.models.egcl.EGCL` on dense ``N x N`` pairs with a mask;
 * :func:`etal` — :class:`~set_lightning.models.etal.ETAL` with the concatenated pair features.
 

@@ -9,8 +9,8 @@ from ..errors import UserError
 from .base import GraphModel, require_dropout, require_sizes
 from .egcl import EGCL
 from .etal import ETAL
-from .layers import Graph, VectorOut
-
+from .graph import Graph
+from .layers import VectorOut
 
 #: where SET reads its prediction: the time average of the frames, or the last frame
 READOUTS = ("mean", "last")

@@ -1,0 +1,225 @@
+"""Fused kernels with a hand-written backward: the same functions as their readable forms in
+:mod:`set_lightning.models.reference` (held equal in float64 by the tests), computed in fewer passes
+over the edge and pair tensors or storing less for the backward.
+
+- :func:`add_outer_`: ``base + cat(cols) @ weight.T`` for a few columns, as fused multiply-adds;
+- :func:`silu_linear`: ``SiLU(x) @ weight.T + bias`` keeping only ``x`` on large tensors;
+- :func:`pair_silu_gates`: ETAL's equivariant gates from the ``(R, T, T, H)`` pair tensor, chunk by chunk,
+  without storing it.
+
+Axis symbols as in :mod:`.layers`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _AddOuter(torch.autograd.Function):
+    """``base += sum_c cols[c] * weight[:, c]`` in place; see :func:`add_outer_`."""
+
+    @staticmethod
+    def forward(ctx, base, weight, *cols):  # type: ignore[override]
+        ctx.mark_dirty(base)
+        ctx.save_for_backward(weight, *cols)
+        for c, col in enumerate(cols):
+            base.addcmul_(col, weight[:, c])
+        return base
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, *cols = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])
+        grads: list[torch.Tensor | None] = [grad, None]
+        for c, col in enumerate(cols):
+            grads.append((g2 @ weight[:, c]).view(grad.shape[:-1] + (1,)).sum_to_size(col.shape)
+                         if ctx.needs_input_grad[2 + c] else None)
+        if ctx.needs_input_grad[1]:
+            stacked = torch.cat([col.expand(grad.shape[:-1] + (1,)).reshape(-1, 1) for col in cols], dim=-1)
+            grads[1] = (stacked.t() @ g2).t()  # (k, R) @ (R, d): a fast GEMM shape on CPU
+        return tuple(grads)
+
+
+def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor]) -> torch.Tensor:
+    """``base + cat(cols, -1) @ weight.T``, written into ``base`` (which must be a fresh, unshared tensor);
+    readable form: :func:`set_lightning.models.reference.add_outer`.
+
+    The same function as ``base + nn.functional.linear(cat(cols), weight)``, computed for a few (``k``)
+    input columns as ``k`` fused multiply-adds, with a backward of matrix-vector products: on CPU a GEMM
+    with inner size ``k <= 3`` and a broadcast ``addcmul`` backward both cost several passes over ``base``.
+
+    Shapes:
+        base: ``(*, d)``, weight: ``(d, k)``, cols: ``k`` tensors broadcastable to ``(*, 1)`` -> ``(*, d)``.
+    """
+    same_dtype = all(t.dtype == base.dtype for t in [weight, *cols])
+    if not same_dtype or base.numel() == 0:  # autocast or empty: plain ops
+        return base + nn.functional.linear(torch.cat([c.expand(base.shape[:-1] + (1,)) for c in cols], -1)
+                                           .to(base.dtype), weight.to(base.dtype))
+    return _AddOuter.apply(base, weight, *cols)
+
+
+#: from this many elements on, an edge tensor's SiLU output is recomputed in the backward instead of stored
+#: (:func:`silu_linear`): at N = 20 (24M elements per EGCL edge tensor) memory is what limits the batch, and
+#: the extra elementwise pass is ~1% of the step; at N = 5 (1.3M) storing it is ~4% faster per EGCL
+STORE_LESS_ELEMENTS = 1 << 22
+
+
+class _SiluLinear(torch.autograd.Function):
+    """``linear(silu(x), weight, bias)`` saving only ``x``; see :func:`silu_linear`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        with torch.autocast(x.device.type, enabled=False):
+            s = nn.functional.silu(x)
+            if weight.shape[0] == 1:  # a matrix-vector product: an (R, 1) GEMM is several times slower on CPU
+                out = (s @ weight[0]).unsqueeze(-1)
+                return out if bias is None else out + bias
+            return nn.functional.linear(s, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        d, k = x.shape[-1], weight.shape[0]
+        x2, g2 = x.reshape(-1, d), grad.reshape(-1, k)
+        g_w = g2.t() @ nn.functional.silu(x2) if ctx.needs_input_grad[1] else None
+        g_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            g_s = _times_rows(g2, weight)
+            g_x = torch.ops.aten.silu_backward(g_s, x2).view(x.shape)
+        return g_x, g_w, g_b
+
+
+def _times_rows(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ weight``; for a few rows ``k <= 4`` as ``k`` rank-1 updates (a GEMM with inner size ``k`` is slow on CPU).
+
+    Shapes: g ``(R, k)``, weight ``(k, d)`` -> ``(R, d)``.
+    """
+    k = weight.shape[0]
+    if k > 4:
+        return g @ weight
+    out = g[:, :1] * weight[0]
+    for j in range(1, k):
+        out.addcmul_(g[:, j:j + 1], weight[j])
+    return out
+
+
+def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``nn.functional.linear(silu(x), weight, bias)`` that keeps only ``x`` for the backward when ``x`` is large.
+
+    The same function as the two modules ``SiLU -> Linear`` (readable form:
+    :func:`~set_lightning.models.reference.silu_linear`). From :data:`STORE_LESS_ELEMENTS` elements on,
+    the backward recomputes ``silu(x)`` (one elementwise pass) instead of storing it, which halves the
+    activation memory of the pair; smaller inputs take the plain path. Used on EGCL's edge tensors
+    (``edge_out`` and the ``phi_x`` gate), ``(G, N, K, H)`` each.
+
+    Shapes:
+        x: ``(*, d)``, weight: ``(k, d)``, bias: ``(k,)`` or None -> ``(*, k)``.
+    """
+    dtype = x.dtype
+    if x.numel() < STORE_LESS_ELEMENTS:
+        return nn.functional.linear(nn.functional.silu(x), weight.to(dtype), None if bias is None else bias.to(dtype))
+    return _SiluLinear.apply(x, weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+#: elements of one chunk of a pair tensor in :func:`pair_silu_gates` (2 MiB in fp32): the chunks bound the
+#: memory of the recomputation; ETAL's step time was the same for 2^17 to 2^21 and 9% slower at 2^15
+#: (per-chunk overhead), measured at N = 5, L = 10, B = 100 on one thread
+CHUNK_ELEMENTS = 1 << 19
+
+
+def _rows(n_rows: int, per_row: int) -> int:
+    """Rows per chunk so that a chunk holds about :data:`CHUNK_ELEMENTS` elements (at least one row)."""
+    return max(1, CHUNK_ELEMENTS // max(per_row, 1))
+
+
+def _chunk_col(col: torch.Tensor, n_rows: int, r0: int, r1: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of a column broadcastable to ``(R, P, Q, 1)`` (one without the row axis is shared)."""
+    return col[r0:r1] if col.dim() == 4 and col.shape[0] == n_rows else col
+
+
+class _PairSiluGates(torch.autograd.Function):
+    """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows (:func:`pair_silu_gates`)."""
+
+    @staticmethod
+    def _pre(za, zb, wcols, cols, r0, r1):  # type: ignore[no-untyped-def]
+        pre = za[r0:r1].unsqueeze(-2) + zb[r0:r1].unsqueeze(-3)
+        for c, col in enumerate(cols):
+            pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wcols[:, c])
+        return pre
+
+    @staticmethod
+    def forward(ctx, za, zb, wcols, weight, *cols):  # type: ignore[override]
+        r, p, d = za.shape
+        q, k = zb.shape[1], weight.shape[0]
+        out = za.new_empty(r, p, q, k)
+        step = _rows(r, p * q * d)
+        with torch.autocast(za.device.type, enabled=False):
+            for r0 in range(0, r, step):
+                pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r0 + step)
+                torch.mm(nn.functional.silu(pre, inplace=True).view(-1, d), weight.t(),
+                         out=out[r0:r0 + step].view(-1, k))
+        ctx.save_for_backward(za, zb, wcols, weight, *cols)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        za, zb, wcols, weight, *cols = ctx.saved_tensors
+        need_za, need_zb, need_wc, need_w, *need_cols = ctx.needs_input_grad
+        r, p, d = za.shape
+        q, k = zb.shape[1], weight.shape[0]
+        g_za = torch.empty_like(za) if need_za else None
+        g_zb = torch.empty_like(zb) if need_zb else None
+        g_w = torch.zeros_like(weight) if need_w else None
+        g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
+        g_cols = [torch.zeros_like(col) if need else None for col, need in zip(cols, need_cols)]
+        step = _rows(r, p * q * d)
+        for r0 in range(0, r, step):
+            r1 = min(r0 + step, r)
+            pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r1).view(-1, d)
+            g = grad[r0:r1].reshape(-1, k)
+            if need_w:
+                g_w.addmm_(g.t(), nn.functional.silu(pre))
+            g_pre = torch.ops.aten.silu_backward(_times_rows(g, weight), pre)
+            g4 = g_pre.view(r1 - r0, p, q, d)
+            if need_za:
+                torch.sum(g4, 2, out=g_za[r0:r1])
+            if need_zb:
+                torch.sum(g4, 1, out=g_zb[r0:r1])
+            for c, col in enumerate(cols):
+                part = _chunk_col(col, r, r0, r1)
+                if need_wc:
+                    g_wc[c] += (part.expand(r1 - r0, p, q, 1).reshape(1, -1) @ g_pre).squeeze(0)
+                if g_cols[c] is not None:
+                    g_col = (g_pre @ wcols[:, c]).view(r1 - r0, p, q, 1).sum_to_size(part.shape)
+                    if part is col:
+                        g_cols[c] += g_col
+                    else:
+                        g_cols[c][r0:r1] = g_col
+        return (g_za, g_zb, None if g_wc is None else g_wc.t(), g_w, *g_cols)
+
+
+def pair_silu_gates(
+    za: torch.Tensor, zb: torch.Tensor, cols: list[torch.Tensor], wcols: torch.Tensor | None, weight: torch.Tensor,
+) -> torch.Tensor:
+    """``silu(za_p + zb_q + cat(cols)_pq @ wcols.T) @ weight.T``: a few linear outputs of the SiLU of a
+    :class:`PairLinear` on all pairs ``(p, q)`` of each row, without storing the pair tensor.
+
+    The same function as ``nn.functional.linear(silu(PairLinear(...)), weight)`` (the readable form:
+    :func:`~set_lightning.models.reference.pair_silu_gates`), computed over chunks of rows that fit a
+    core's cache; the backward recomputes each chunk's pair tensor instead of keeping it (activation
+    memory of the outputs only), and takes ``grad @ weight`` as ``k`` rank-1 updates. Used for ETAL's
+    equivariant gates (``k = 2`` outputs of an ``(R, T, T, H)`` pair tensor).
+
+    Shapes:
+        za: ``(R, P, d)``, zb: ``(R, Q, d)``, cols: ``c`` tensors broadcastable to ``(R, P, Q, 1)``,
+        wcols: ``(d, c)`` (None without cols), weight: ``(k, d)`` -> ``(R, P, Q, k)``.
+    """
+    dtype = za.dtype
+    if wcols is None:
+        wcols, cols = za.new_zeros(za.shape[-1], 0), []
+    cols = [c.to(dtype) for c in cols]
+    return _PairSiluGates.apply(za, zb.to(dtype), wcols.to(dtype), weight.to(dtype), *cols)
