@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import set_lightning.data.cache as cache_mod
+import set_lightning.data.specs as specs_mod
 from set_lightning.data import TrajectorySpec, load_or_generate
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +43,7 @@ def test_the_cache_key_covers_the_simulator_code(tmp_path, monkeypatch):
     load_or_generate(spec, tmp_path)
     assert calls == []  # same code: the cached file is used
     old_name = spec.filename()
-    monkeypatch.setattr(cache_mod, "SIMULATOR_CODE", "0123456789abcdef")  # as if simulator.py changed
+    monkeypatch.setattr(specs_mod, "SIMULATOR_CODE", "0123456789abcdef")  # as if simulator.py changed
     assert spec.filename() != old_name
     load_or_generate(spec, tmp_path)
     assert calls == [spec]  # the old file is not reused
@@ -56,5 +57,5 @@ def test_the_code_digest_ignores_comments_but_not_code(tmp_path, monkeypatch):
     for name, body in (("a", "def f(x):\n    return x + 1\n"), ("b", "# a comment\ndef f(x):\n\n    return x + 1  # same\n"),
                        ("c", "def f(x):\n    return x + 2\n")):
         (tmp_path / f"physics_{name}.py").write_text(body)
-        digests[name] = cache_mod._code_digest(importlib.import_module(f"physics_{name}").f)
+        digests[name] = specs_mod._code_digest(importlib.import_module(f"physics_{name}").f)
     assert digests["a"] == digests["b"] != digests["c"]

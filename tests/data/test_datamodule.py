@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import set_lightning.data.cache as cache_mod
+import set_lightning.data.specs as specs_mod
 from set_lightning.data import CacheWarning, NBodyDataModule, TrajectorySpec, load_or_generate
 
 # Small and fast: 9 saved frames (0..8), input frame 4, target frame 7.
@@ -35,15 +36,15 @@ def _cache_files(folder: Path) -> list[Path]:
 
 @pytest.fixture
 def count_sims(monkeypatch):
-    """Count calls of the simulator made by the cache layer."""
+    """Count calls of the simulator made by the specs (what the cache layer generates with)."""
     calls = []
-    real = cache_mod.simulate_charged
+    real = specs_mod.simulate_charged
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cache_mod, "simulate_charged", counting)
+    monkeypatch.setattr(specs_mod, "simulate_charged", counting)
     return calls
 
 
@@ -176,7 +177,7 @@ def test_cache_hit_does_not_resimulate(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("simulated again despite a valid cache file")
 
-    monkeypatch.setattr(cache_mod, "simulate_charged", boom)
+    monkeypatch.setattr(specs_mod, "simulate_charged", boom)
     second = _ready(_dm(tmp_path, history=2, batch_size=2))  # slicing / loader params: same files
     assert torch.equal(first.datasets["test"].x_target, second.datasets["test"].x_target)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import set_lightning.data.cache as cache_mod
+import set_lightning.data.specs as specs_mod
 from set_lightning.data import (
     CacheWarning,
     GravitySpec,
@@ -93,9 +93,8 @@ def test_systems_have_separate_cache_files_and_seeds(tmp_path):
 def test_charged_default_keys_are_unchanged(monkeypatch):
     """The charged keys depend on the parameters and the simulators' code only (pinned for a fixed code
     version): adding systems and options did not change them."""
-    import set_lightning.data.cache as cache_mod
 
-    monkeypatch.setattr(cache_mod, "SIMULATOR_CODE", "0" * 16)
+    monkeypatch.setattr(specs_mod, "SIMULATOR_CODE", "0" * 16)
     assert TrajectorySpec(split="train", count=3000, n_particles=5).filename() == (
         "charged_train_N5_n3000_steps5000_freq100_dt0.001_seed0_92cfdffbd8c19a8d.pt"
     )
@@ -133,8 +132,8 @@ def test_cache_hit_and_miss_per_system_option(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("simulated again despite a valid cache file")
 
-    monkeypatch.setattr(cache_mod, "simulate_springs", boom)
-    monkeypatch.setattr(cache_mod, "simulate_gravity", boom)
+    monkeypatch.setattr(specs_mod, "simulate_springs", boom)
+    monkeypatch.setattr(specs_mod, "simulate_gravity", boom)
     _dm(tmp_path, "springs", history=2, spring_prob=0.5, interaction_strength=0.1)  # the defaults, spelled out
     _dm(tmp_path, "gravity", batch_size=2, softening=0.1, mass_range=[1.0, 1.0])
     monkeypatch.undo()
