@@ -80,11 +80,11 @@ def run_cuda_tests(log) -> list[str]:
 def run_step_times(quick: bool, log, device: str = "cuda", models: tuple[str, ...] | None = None) -> list[str]:
     """Every configured model's training step on the GPU, fp32 and bf16 autocast (benchmarks/speed.py)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import speed  # noqa: E402 - benchmarks/speed.py, as a sibling script
+    import step_harness as speed  # noqa: E402 - benchmarks/step_harness.py, as a sibling script
 
     batch, repeats, budget = (20, 3, 5.0) if quick else (100, 20, 30.0)
     cases = [speed.Case(name, [f"--data.batch_size={batch}"], "{model} (conf, L={L})", bf16=bf16)
-             for name in models or speed.MODELS for bf16 in (False, True)]
+             for name in models or speed.MODEL_NAMES for bf16 in (False, True)]
     speed.time_group(cases, torch.device(device), repeats, budget, log)
     lines = ["## Step times on the GPU", "",
              f"One training step (forward, loss, backward, Adam step, then `torch.cuda.synchronize`), median of "

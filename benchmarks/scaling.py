@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
-from speed import Case, Stepper, time_group
+from step_harness import Case, time_group
 
 REPO = Path(__file__).resolve().parents[1]
 #: model -> its shape: (history L, batch B); SET as configured (M = 2 blocks of K = 2 EGCLs, width 64)

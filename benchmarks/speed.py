@@ -53,38 +53,35 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib.machinery
-import importlib.util
-import io
-import json
 import logging
 import math
-import multiprocessing
 import os
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
+from revision_baseline import baseline_section, run_baseline  # benchmarks/revision_baseline.py
+from step_harness import (  # benchmarks/step_harness.py: the timing harness
+    MODEL_NAMES,
+    REPO,
+    Case,
+    Stepper,
+    counted_gflop,
+    fmt,
+    matmul_peak_gflops,
+    time_group,
+)
+from two_cores import run_cores  # benchmarks/two_cores.py
 
-from set_lightning.lightning_cli import make_cli
-from set_lightning.data import sample_initial_conditions, simulate_charged
-from set_lightning.lit import NBodyLightningModule
+from set_lightning.compute import cpu_flags, cpu_model
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = "benchmarks/speed.py"
-#: the models, by the name of their config file (the registry's names): conf/<name>.yaml
-MODELS = ("set", "egnn", "mlp", "lstm", "linear")
-DATA = ["--config", "conf/data/nbody5.yaml"]
 FULL = dict(n_sweep=(5, 20, 30, 100), l_sweep=(1, 5, 10, 20), batch=100, big_n_batch={100: 10})
 QUICK = dict(n_sweep=(5, 20), l_sweep=(1, 5), batch=20, big_n_batch={})
 
@@ -93,161 +90,18 @@ for _name in ("lightning.pytorch", "lightning.fabric"):  # the CLI's banners ("S
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def quiet(fn: Callable[[], Any]) -> Any:
-    """``fn()`` without its console output (the CLI's trainer banner)."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return fn()
-
-
-def make_batch(b: int, ell: int, n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A batch of the data module's keys: ``b`` systems of ``n`` particles drawn by
-    ``sample_initial_conditions`` and simulated for ``ell`` input frames and one target frame."""
-    x0, v0, q = sample_initial_conditions(b, n, torch.Generator().manual_seed(seed))
-    x, v = simulate_charged(x0, v0, q, steps=10 * (ell + 2), sample_freq=10)  # ell + 1 frames
-    batch = {"x": x[:, :ell], "v": v[:, :ell], "charges": q, "x_target": x[:, ell], "v_target": v[:, ell]}
-    return {k: t.float().to(device) for k, t in batch.items()}
-
-
-@dataclass
-class Case:
-    """One model at one input shape: ``conf/<name>.yaml`` + the benchmark data + ``overrides``.
-
-    ``label`` may hold ``{model}`` (the class) and ``{L}`` (the history); ``n``, ``ell`` and ``batch``
-    are read from the built data module.
-    """
-
-    name: str
-    overrides: list[str] = field(default_factory=list)
-    label: str = "{model}"
-    bf16: bool = False
-    n: int = 0
-    ell: int = 0
-    batch: int = 0
-    result: dict[str, Any] = field(default_factory=dict)
-
-    def cli_args(self) -> list[str]:
-        return ["--config", f"conf/{self.name}.yaml", *DATA, *self.overrides, "--trainer.logger=false"]
-
-
-class Stepper:
-    """The case's LightningModule (built by the CLI), its optimiser and one batch; ``step()`` is one
-    training step. ``net`` replaces the built model (same module settings), e.g. an older revision's."""
-
-    def __init__(self, case: Case, device: torch.device, net: torch.nn.Module | None = None) -> None:
-        torch.manual_seed(0)
-        cli = quiet(lambda: make_cli(case.cli_args(), run=False))
-        module, data = cli.model, cli.datamodule
-        self.init_args = cli.config["model"]["net"]["init_args"].as_dict()
-        if net is not None:
-            keep = ("lr", "weight_decay", "pos_weight", "vel_weight")
-            module = NBodyLightningModule(net=net, **{k: module.hparams[k] for k in keep})
-        self.module = module.to(device).train()
-        self.opt = self.module.make_optimizer()
-        case.n, case.ell, case.batch = data.n_particles, data.history, data.batch_size
-        case.label = case.label.format(model=type(self.module.net).__name__, L=data.history)
-        self.batch = make_batch(case.batch, case.ell, case.n, device)
-        self.device, self.bf16 = device, case.bf16
-
-    def loss(self) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.module.losses(self.batch)[0]
-
-    def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.loss().backward()
-        self.opt.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-
-def activation_mib(stepper: Stepper) -> float:
-    """MiB of the distinct storages saved for backward in one forward pass (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
-
-    stepper.opt.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = stepper.loss()
-    loss.backward()
-    stepper.opt.zero_grad(set_to_none=True)
-    return sum(saved.values()) / 2**20
-
-
-def cuda_peak_mib(case: Case) -> float | None:
-    """``torch.cuda.max_memory_allocated`` of one training step on the GPU (None without CUDA)."""
-    if not torch.cuda.is_available():
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    try:
-        Stepper(case, torch.device("cuda")).step()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    except torch.cuda.OutOfMemoryError:
-        peak = float("nan")
-    finally:
-        torch.cuda.empty_cache()
-    return peak
-
-
-def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: float, log: Callable,
-               steppers: list[Stepper] | None = None) -> None:
-    """Warm up every case, then time ``repeats`` interleaved rounds (fewer for slow cases, >= 3)."""
-    steppers = steppers or [Stepper(case, device) for case in cases]
-    for case, st in zip(cases, steppers):
-        case.result["params"] = st.module.net.n_params
-        t0 = time.perf_counter()
-        case.result["act_mib"] = activation_mib(st)  # also the first warm-up step
-        first = time.perf_counter() - t0
-        st.step()  # second warm-up step
-        case.result["cuda_mib"] = cuda_peak_mib(case)
-        # slow cases get fewer repeats so that the whole group stays within budget_s per case
-        case.result["repeats"] = max(3, min(repeats, int(budget_s / max(first, 1e-6))))
-    wall: dict[int, list[float]] = collections.defaultdict(list)
-    cpu: dict[int, list[float]] = collections.defaultdict(list)
-    for r in range(max(c.result["repeats"] for c in cases)):
-        for i, (case, st) in enumerate(zip(cases, steppers)):
-            if r >= case.result["repeats"]:
-                continue
-            c0, w0 = time.process_time(), time.perf_counter()
-            st.step()
-            wall[i].append(time.perf_counter() - w0)
-            cpu[i].append(time.process_time() - c0)
-    for i, case in enumerate(cases):
-        case.result["ms"] = 1e3 * statistics.median(wall[i])
-        case.result["cpu_ms"] = 1e3 * statistics.median(cpu[i])
-        case.result["samples_s"] = case.batch / (case.result["ms"] / 1e3)
-    ref = next((c for c in cases if c.name == "egnn"), None)
-    for case in cases:
-        case.result["ratio"] = case.result["ms"] / ref.result["ms"] if ref is not None else float("nan")
-    log(f"  N={cases[0].n} L={cases[0].ell}: " + ", ".join(f"{c.label} {c.result['ms']:.1f} ms" for c in cases))
-
-
 def sweep_cases(ell: int, n: int, batch: int) -> list[Case]:
     """Every model at one shape."""
     shape = [f"--data.history={ell}", f"--data.n_particles={n}", f"--data.batch_size={batch}"]
-    return [Case(name, shape) for name in MODELS]
+    return [Case(name, shape) for name in MODEL_NAMES]
 
 
 def configured_cases(batch: int | None) -> list[Case]:
     """Every model at its own conf history length (N=5), plus SET at L=1."""
     size = [f"--data.batch_size={batch}"] if batch else []
-    cases = [Case(name, size, "{model} (conf, L={L})") for name in MODELS]
+    cases = [Case(name, size, "{model} (conf, L={L})") for name in MODEL_NAMES]
     cases.insert(1, Case("set", [*size, "--data.history=1"], "{model} (conf, L={L})"))
     return cases
-
-
-def fmt(x: float | None, digits: int = 1) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float) and not math.isfinite(x):
-        return "n/a"
-    return f"{x:,.{digits}f}"
 
 
 def table(cases: list[Case], with_cuda: bool) -> list[str]:
@@ -303,35 +157,6 @@ def run_tables(args: argparse.Namespace, plan: dict, device: torch.device, log: 
 # achieved GFLOP/s, bf16, cores
 # ----------------------------------------------------------------------------------------------------------
 
-def counted_gflop(stepper: Stepper) -> float:
-    """FLOPs of one forward + backward counted by ``torch.utils.flop_counter`` (matmul-type ops), in GFLOP."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    stepper.opt.zero_grad(set_to_none=True)
-    with FlopCounterMode(display=False) as counter:
-        stepper.loss().backward()
-    stepper.opt.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 1e9
-
-
-def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """GFLOP/s of the fastest of ``repeats`` ``(size x size) @ (size x size)`` matmuls on 1 thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        g = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
-        a @ b  # warm-up
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * size**3 / best / 1e9
-
-
 def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
     """Achieved GFLOP/s of SET and EGNN (as configured) against the measured matmul peaks."""
     size = 512 if args.quick else 2048
@@ -375,138 +200,9 @@ def run_bf16(args: argparse.Namespace, device: torch.device, log: Callable) -> l
     return lines + [""]
 
 
-def _cores_worker(case: Case, threads: int, steps: int, barrier: Any, results: Any) -> None:
-    """One training process of ``--cores``: warm up, wait for the others, time ``steps`` steps."""
-    torch.set_num_threads(threads)
-    stepper = Stepper(case, torch.device("cpu"))
-    for _ in range(2):
-        stepper.step()
-    barrier.wait()
-    times = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        s0 = time.perf_counter()
-        stepper.step()
-        times.append(time.perf_counter() - s0)
-    results.put({"elapsed": time.perf_counter() - t0, "steps": steps, "median": statistics.median(times)})
-
-
-def _side_by_side(case: Case, processes: int, threads: int, steps: int) -> list[dict[str, float]]:
-    """Run ``processes`` fresh processes of ``threads`` threads each, timed together."""
-    ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(processes), ctx.Queue()
-    procs = [ctx.Process(target=_cores_worker, args=(case, threads, steps, barrier, results))
-             for _ in range(processes)]
-    for p in procs:
-        p.start()
-    out = [results.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return out
-
-
-class StepTimer(Callback):
-    """Wall time of every training step (batch start to batch end) of rank 0, written as JSON at the end."""
-
-    def __init__(self, out: str) -> None:
-        self.out, self.times, self.t0 = out, [], 0.0
-
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.times.append(time.perf_counter() - self.t0)
-
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.global_rank == 0:
-            Path(self.out).write_text(json.dumps({"step_s": self.times}))
-
-
-def ddp_worker(out: str, cli_args: list[str]) -> None:
-    """``--ddp-worker``: a Lightning fit with ``cli_args``; Lightning re-runs this command for rank 1."""
-    torch.set_num_threads(1)
-    cli = quiet(lambda: make_cli(cli_args, run=False, trainer_defaults={"callbacks": [StepTimer(out)]},
-                                 save_config_callback=None))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-
-
-def _ddp_steps(case: Case, steps: int, batch: int) -> list[float]:
-    """Per-step wall times of a 2-process DDP fit (gloo, CPU) of ``case``, warm-up steps dropped."""
-    warmup = 2
-    with tempfile.TemporaryDirectory(prefix="speed_ddp_") as tmp:
-        out = str(Path(tmp) / "steps.json")
-        cli_args = [
-            *case.cli_args(), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-            f"--trainer.max_steps={steps + warmup}", "--trainer.limit_val_batches=0",
-            "--trainer.num_sanity_val_steps=0", "--trainer.enable_checkpointing=false",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.callbacks=[]", f"--data.batch_size={batch}", f"--data.n_train={2 * batch * (steps + warmup)}",
-            f"--data.n_val={batch}", f"--data.n_test={batch}", f"--data.cache_dir={Path(tmp) / 'data'}",
-        ]
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        proc = subprocess.run([sys.executable, __file__, "--ddp-worker", out, "--", *cli_args], env=env,
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not Path(out).is_file():
-            raise RuntimeError("DDP run failed:\n" + (proc.stdout + proc.stderr)[-3000:])
-        return json.loads(Path(out).read_text())["step_s"][warmup:]
-
-
-def run_cores(args: argparse.Namespace, log: Callable) -> list[str]:
-    """SET as configured on two cores: 1 run x 2 threads, 2 runs x 1 thread side by side, DDP (2 x 1)."""
-    steps = args.cores_steps or (3 if args.quick else 20)
-    case = Case("set", [f"--data.batch_size={args.batch}"] if args.batch else [])
-    probe = Stepper(case, torch.device("cpu"))  # resolves the label and the shapes
-    rows = []
-    for label, procs, threads in [("one run, 2 threads", 1, 2), ("two runs side by side, 1 thread each", 2, 1)]:
-        log(f"cores: {label}")
-        out = _side_by_side(case, procs, threads, steps)
-        total = sum(r["steps"] / r["elapsed"] for r in out)
-        rows.append((label, f"{procs} x {threads}", 1e3 * statistics.median(r["median"] for r in out), total))
-    log("cores: DDP, 2 gloo processes")
-    ddp = _ddp_steps(case, steps, case.batch)
-    step_s = statistics.median(ddp)
-    rows.append(("DDP over 2 gloo processes (Lightning fit, strategy=ddp)", "2 x 1", 1e3 * step_s, 2 / step_s))
-    del probe
-    lines = ["## Two cores, three ways (--cores)", "",
-             f"{case.label} as configured: N={case.n}, L={case.ell}, B={case.batch} per process, {steps} timed steps "
-             "after 2 warm-up steps. 'steps/s total' counts training steps of B samples over all processes (a DDP "
-             "step processes one batch of B on each of the 2 processes: 2 steps). The DDP step is timed by a "
-             "callback from batch start to batch end (forward, backward with the gradient all-reduce, optimiser "
-             "step, Lightning's logging).", "",
-             "| setup | processes x threads | step ms (median per process) | steps/s total | samples/s total |",
-             "|---|---|---|---|---|"]
-    for label, shape, ms, total in rows:
-        lines.append(f"| {label} | {shape} | {ms:.1f} | {total:.2f} | {total * case.batch:.0f} |")
-    return lines + [""]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # profiling
 # ----------------------------------------------------------------------------------------------------------
-
-def load_models_at(rev: str) -> Any:
-    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name.
-
-    The revision's ``set_lightning`` folder is extracted and registered as a package (``baseline_set_lightning``)
-    whose ``__init__`` is not run, so that ``models`` and its relative imports (``..errors``) load from
-    that revision without importing the rest of it (the CLI, the data, Lightning).
-    """
-    tmp = Path(tempfile.mkdtemp(prefix="speed_baseline_"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-    root = tmp / "src" / "set_lightning"
-    name = "baseline_set_lightning"
-    parent = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
-    parent.__path__ = [str(root)]
-    sys.modules[name] = parent
-    spec = importlib.util.spec_from_file_location(f"{name}.models", root / "models" / "__init__.py",
-                                                  submodule_search_locations=[str(root / "models")])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def profile_table(stepper: Stepper, steps: int = 3) -> tuple[str, Any]:
     from torch.profiler import ProfilerActivity, profile
@@ -593,72 +289,11 @@ def run_profile(args: argparse.Namespace, device: torch.device, log: Callable) -
     return lines
 
 
-def baseline_section(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
-    """Before/after: SET and EGNN of ``args.baseline`` vs the working tree, interleaved, at 1 and 2 threads."""
-    old = load_models_at(args.baseline)
-    ell, b = 10, args.batch or (20 if args.quick else 100)
-    lines = [f"## Before / after at N=5, L={ell}, B={b}: revision `{args.baseline}` vs this working tree", "",
-             "| threads | SET before (ms) | SET after (ms) | speed-up | EGNN before (ms) | EGNN after (ms) | "
-             "SET/EGNN before | SET/EGNN after |", "|---|---|---|---|---|---|---|---|"]
-    threads0 = torch.get_num_threads()
-    for threads in args.baseline_threads:
-        torch.set_num_threads(threads)
-        shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
-        cases, steppers = [], []
-        for name in ("egnn", "set"):
-            for when in ("after", "before"):
-                case = Case(name, shape, f"{{model}} ({when})")
-                new = Stepper(case, device)
-                if when == "before":
-                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
-                cases.append(case)
-                steppers.append(new)
-        time_group(cases, device, args.repeats, args.budget, log, steppers)
-        r = {c.label: c.result["ms"] for c in cases}
-        lines.append(f"| {threads} | {r['SET (before)']:.1f} | {r['SET (after)']:.1f} | "
-                     f"{r['SET (before)'] / r['SET (after)']:.2f}x | {r['EGNN (before)']:.1f} | {r['EGNN (after)']:.1f} | "
-                     f"{r['SET (before)'] / r['EGNN (before)']:.1f} | {r['SET (after)'] / r['EGNN (after)']:.1f} |")
-    torch.set_num_threads(threads0)
-    return lines + [""]
-
-
-def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
-    """``--baseline REV``: SET and EGNN of revision REV against the working tree at N=5 and N=20 (L=10,
-    B=100), the four steps of a point timed round-robin in one process, with their activation memory."""
-    old = load_models_at(args.baseline)
-    b = args.batch or (20 if args.quick else 100)
-    lines = [f"## Before / after: revision `{args.baseline}` vs this working tree (--baseline)", "",
-             f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, {torch.get_num_threads()} thread(s): the "
-             "revision's models (its `set_lightning/models`, loaded by `git archive`) and this tree's, with the same "
-             "settings, batch, objective and optimiser, timed round-robin in one process (both run under the "
-             "allocator setting of this tree, see --allocator). Activation memory as in the tables above.", "",
-             "| model | N | step ms before | step ms after | speed-up | activation MiB before | activation MiB after "
-             "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
-    for n in ((5, 20) if not args.quick else (5,)):
-        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
-        cases, steppers = [], []
-        for name in ("set", "egnn"):
-            for when in ("after", "before"):
-                case = Case(name, shape, f"{{model}} ({when})")
-                new = Stepper(case, device)
-                if when == "before":
-                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
-                cases.append(case)
-                steppers.append(new)
-        time_group(cases, device, args.repeats, args.budget, log, steppers)
-        for after, before in zip(cases[::2], cases[1::2]):
-            ra, rb = after.result, before.result
-            lines.append(f"| {after.label.split(' (')[0]} | {n} | {fmt(rb['ms'])} | {fmt(ra['ms'])} | "
-                         f"{rb['ms'] / ra['ms']:.2f}x | {fmt(rb['act_mib'])} | {fmt(ra['act_mib'])} | "
-                         f"{rb['act_mib'] / ra['act_mib']:.2f}x | {min(ra['repeats'], rb['repeats'])} |")
-    return lines + [""]
-
-
 ALLOCATOR_SNIPPET = """
 import resource, statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads({threads})
-import speed
+import step_harness as speed
 case = speed.Case("set", {shape!r})
 st = speed.Stepper(case, torch.device("cpu"))
 st.step(); st.step()
@@ -702,18 +337,6 @@ def run_allocator(args: argparse.Namespace, log: Callable) -> list[str]:
     return lines + [""]
 
 
-def cpu_model() -> str:
-    """The CPU's model name and its bf16 / AMX flags, from /proc/cpuinfo (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown CPU")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} (flags: {', '.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'})"
-
-
 # ----------------------------------------------------------------------------------------------------------
 
 def main() -> None:
@@ -742,12 +365,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed steps per slow model and sweep point (default 45; 5 with --quick)")
     parser.add_argument("--device", default="cpu", help="device to time on (default cpu)")
-    parser.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("cli_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.ddp_worker:
-        ddp_worker(args.ddp_worker, args.cli_args)
-        return
 
     plan = QUICK if args.quick else FULL
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -767,7 +385,7 @@ def main() -> None:
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"CUDA available: {with_cuda}" + (f" ({torch.cuda.get_device_name()})" if with_cuda else "")
         + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, os.cpu_count()={os.cpu_count()}  ",
-        f"CPU: {cpu_model()}",
+        f"CPU: {cpu_model()} (flags: {', '.join(cpu_flags()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'})",
         "",
     ]
     if args.threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":

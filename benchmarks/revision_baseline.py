@@ -1,0 +1,103 @@
+"""``speed.py --baseline REV``: SET and EGNN of an older git revision against the working tree, side by side
+in one process (the revision's models are loaded from ``git archive`` under another package name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+from step_harness import REPO, Case, Stepper, fmt, time_group  # benchmarks/step_harness.py
+
+
+def load_models_at(rev: str) -> Any:
+    """The ``set_lightning.models`` package of git revision ``rev``, imported under another name.
+
+    The revision's ``set_lightning`` folder is extracted and registered as a package (``baseline_set_lightning``)
+    whose ``__init__`` is not run, so that ``models`` and its relative imports (``..errors``) load from
+    that revision without importing the rest of it (the CLI, the data, Lightning).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="speed_baseline_"))
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src/set_lightning"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    root = tmp / "src" / "set_lightning"
+    name = "baseline_set_lightning"
+    parent = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(name, None, is_package=True))
+    parent.__path__ = [str(root)]
+    sys.modules[name] = parent
+    spec = importlib.util.spec_from_file_location(f"{name}.models", root / "models" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "models")])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline_section(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Before/after: SET and EGNN of ``args.baseline`` vs the working tree, interleaved, at 1 and 2 threads."""
+    old = load_models_at(args.baseline)
+    ell, b = 10, args.batch or (20 if args.quick else 100)
+    lines = [f"## Before / after at N=5, L={ell}, B={b}: revision `{args.baseline}` vs this working tree", "",
+             "| threads | SET before (ms) | SET after (ms) | speed-up | EGNN before (ms) | EGNN after (ms) | "
+             "SET/EGNN before | SET/EGNN after |", "|---|---|---|---|---|---|---|---|"]
+    threads0 = torch.get_num_threads()
+    for threads in args.baseline_threads:
+        torch.set_num_threads(threads)
+        shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
+        cases, steppers = [], []
+        for name in ("egnn", "set"):
+            for when in ("after", "before"):
+                case = Case(name, shape, f"{{model}} ({when})")
+                new = Stepper(case, device)
+                if when == "before":
+                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+                cases.append(case)
+                steppers.append(new)
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        r = {c.label: c.result["ms"] for c in cases}
+        lines.append(f"| {threads} | {r['SET (before)']:.1f} | {r['SET (after)']:.1f} | "
+                     f"{r['SET (before)'] / r['SET (after)']:.2f}x | {r['EGNN (before)']:.1f} | {r['EGNN (after)']:.1f} | "
+                     f"{r['SET (before)'] / r['EGNN (before)']:.1f} | {r['SET (after)'] / r['EGNN (after)']:.1f} |")
+    torch.set_num_threads(threads0)
+    return lines + [""]
+
+
+def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """``--baseline REV``: SET and EGNN of revision REV against the working tree at N=5 and N=20 (L=10,
+    B=100), the four steps of a point timed round-robin in one process, with their activation memory."""
+    old = load_models_at(args.baseline)
+    b = args.batch or (20 if args.quick else 100)
+    lines = [f"## Before / after: revision `{args.baseline}` vs this working tree (--baseline)", "",
+             f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, {torch.get_num_threads()} thread(s): the "
+             "revision's models (its `set_lightning/models`, loaded by `git archive`) and this tree's, with the same "
+             "settings, batch, objective and optimiser, timed round-robin in one process (both run under the "
+             "allocator setting of this tree, see --allocator). Activation memory as in the tables above.", "",
+             "| model | N | step ms before | step ms after | speed-up | activation MiB before | activation MiB after "
+             "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in ((5, 20) if not args.quick else (5,)):
+        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        cases, steppers = [], []
+        for name in ("set", "egnn"):
+            for when in ("after", "before"):
+                case = Case(name, shape, f"{{model}} ({when})")
+                new = Stepper(case, device)
+                if when == "before":
+                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+                cases.append(case)
+                steppers.append(new)
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        for after, before in zip(cases[::2], cases[1::2]):
+            ra, rb = after.result, before.result
+            lines.append(f"| {after.label.split(' (')[0]} | {n} | {fmt(rb['ms'])} | {fmt(ra['ms'])} | "
+                         f"{rb['ms'] / ra['ms']:.2f}x | {fmt(rb['act_mib'])} | {fmt(ra['act_mib'])} | "
+                         f"{rb['act_mib'] / ra['act_mib']:.2f}x | {min(ra['repeats'], rb['repeats'])} |")
+    return lines + [""]

@@ -1,0 +1,205 @@
+"""The timing harness of the benchmarks: one training step of the library's own (:class:`Stepper`), timed
+round-robin over several models (:func:`time_group`), its activation memory, its counted FLOPs and the
+matmul peak. ``speed.py``, ``scaling.py``, ``gpu.py``, ``two_cores.py`` and ``revision_baseline.py`` build on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from set_lightning.data import sample_initial_conditions, simulate_charged
+from set_lightning.lightning_cli import make_cli
+from set_lightning.lit import NBodyLightningModule
+
+REPO = Path(__file__).resolve().parents[1]
+#: the models, by the name of their config file (the registry's names): conf/<name>.yaml
+MODEL_NAMES = ("set", "egnn", "mlp", "lstm", "linear")
+DATA = ["--config", "conf/data/nbody5.yaml"]
+
+warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+for _name in ("lightning.pytorch", "lightning.fabric"):  # the CLI's banners ("Seed set to 0", devices)
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def quiet(fn: Callable[[], Any]) -> Any:
+    """``fn()`` without its console output (the CLI's trainer banner)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn()
+
+
+def make_batch(b: int, ell: int, n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of the data module's keys: ``b`` systems of ``n`` particles drawn by
+    ``sample_initial_conditions`` and simulated for ``ell`` input frames and one target frame."""
+    x0, v0, q = sample_initial_conditions(b, n, torch.Generator().manual_seed(seed))
+    x, v = simulate_charged(x0, v0, q, steps=10 * (ell + 2), sample_freq=10)  # ell + 1 frames
+    batch = {"x": x[:, :ell], "v": v[:, :ell], "charges": q, "x_target": x[:, ell], "v_target": v[:, ell]}
+    return {k: t.float().to(device) for k, t in batch.items()}
+
+
+@dataclass
+class Case:
+    """One model at one input shape: ``conf/<name>.yaml`` + the benchmark data + ``overrides``.
+
+    ``label`` may hold ``{model}`` (the class) and ``{L}`` (the history); ``n``, ``ell`` and ``batch``
+    are read from the built data module.
+    """
+
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    label: str = "{model}"
+    bf16: bool = False
+    n: int = 0
+    ell: int = 0
+    batch: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def cli_args(self) -> list[str]:
+        return ["--config", f"conf/{self.name}.yaml", *DATA, *self.overrides, "--trainer.logger=false"]
+
+
+class Stepper:
+    """The case's LightningModule (built by the CLI), its optimiser and one batch; ``step()`` is one
+    training step. ``net`` replaces the built model (same module settings), e.g. an older revision's."""
+
+    def __init__(self, case: Case, device: torch.device, net: torch.nn.Module | None = None) -> None:
+        torch.manual_seed(0)
+        cli = quiet(lambda: make_cli(case.cli_args(), run=False))
+        module, data = cli.model, cli.datamodule
+        self.init_args = cli.config["model"]["net"]["init_args"].as_dict()
+        if net is not None:
+            keep = ("lr", "weight_decay", "pos_weight", "vel_weight")
+            module = NBodyLightningModule(net=net, **{k: module.hparams[k] for k in keep})
+        self.module = module.to(device).train()
+        self.opt = self.module.make_optimizer()
+        case.n, case.ell, case.batch = data.n_particles, data.history, data.batch_size
+        case.label = case.label.format(model=type(self.module.net).__name__, L=data.history)
+        self.batch = make_batch(case.batch, case.ell, case.n, device)
+        self.device, self.bf16 = device, case.bf16
+
+    def loss(self) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.module.losses(self.batch)[0]
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def activation_mib(stepper: Stepper) -> float:
+    """MiB of the distinct storages saved for backward in one forward pass (parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+
+    stepper.opt.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = stepper.loss()
+    loss.backward()
+    stepper.opt.zero_grad(set_to_none=True)
+    return sum(saved.values()) / 2**20
+
+
+def cuda_peak_mib(case: Case) -> float | None:
+    """``torch.cuda.max_memory_allocated`` of one training step on the GPU (None without CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        Stepper(case, torch.device("cuda")).step()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    except torch.cuda.OutOfMemoryError:
+        peak = float("nan")
+    finally:
+        torch.cuda.empty_cache()
+    return peak
+
+
+def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: float, log: Callable,
+               steppers: list[Stepper] | None = None) -> None:
+    """Warm up every case, then time ``repeats`` interleaved rounds (fewer for slow cases, >= 3)."""
+    steppers = steppers or [Stepper(case, device) for case in cases]
+    for case, st in zip(cases, steppers):
+        case.result["params"] = st.module.net.n_params
+        t0 = time.perf_counter()
+        case.result["act_mib"] = activation_mib(st)  # also the first warm-up step
+        first = time.perf_counter() - t0
+        st.step()  # second warm-up step
+        case.result["cuda_mib"] = cuda_peak_mib(case)
+        # slow cases get fewer repeats so that the whole group stays within budget_s per case
+        case.result["repeats"] = max(3, min(repeats, int(budget_s / max(first, 1e-6))))
+    wall: dict[int, list[float]] = collections.defaultdict(list)
+    cpu: dict[int, list[float]] = collections.defaultdict(list)
+    for r in range(max(c.result["repeats"] for c in cases)):
+        for i, (case, st) in enumerate(zip(cases, steppers)):
+            if r >= case.result["repeats"]:
+                continue
+            c0, w0 = time.process_time(), time.perf_counter()
+            st.step()
+            wall[i].append(time.perf_counter() - w0)
+            cpu[i].append(time.process_time() - c0)
+    for i, case in enumerate(cases):
+        case.result["ms"] = 1e3 * statistics.median(wall[i])
+        case.result["cpu_ms"] = 1e3 * statistics.median(cpu[i])
+        case.result["samples_s"] = case.batch / (case.result["ms"] / 1e3)
+    ref = next((c for c in cases if c.name == "egnn"), None)
+    for case in cases:
+        case.result["ratio"] = case.result["ms"] / ref.result["ms"] if ref is not None else float("nan")
+    log(f"  N={cases[0].n} L={cases[0].ell}: " + ", ".join(f"{c.label} {c.result['ms']:.1f} ms" for c in cases))
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def counted_gflop(stepper: Stepper) -> float:
+    """FLOPs of one forward + backward counted by ``torch.utils.flop_counter`` (matmul-type ops), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    stepper.opt.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        stepper.loss().backward()
+    stepper.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` ``(size x size) @ (size x size)`` matmuls on 1 thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
+        a @ b  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * size**3 / best / 1e9
