@@ -42,6 +42,23 @@ def load_models_at(rev: str) -> Any:
     return module
 
 
+def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device: torch.device,
+                      args: argparse.Namespace, log: Callable) -> list[Case]:
+    """Each model of ``names`` twice, this tree's ("after") and the revision ``old``'s ("before"), with the same
+    settings, timed round-robin; the cases in that order, with their results."""
+    cases, steppers = [], []
+    for name in names:
+        for when in ("after", "before"):
+            case = Case(name, shape, f"{{model}} ({when})")
+            new = Stepper(case, device)
+            if when == "before":
+                new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+            cases.append(case)
+            steppers.append(new)
+    time_group(cases, device, args.repeats, args.budget, log, steppers)
+    return cases
+
+
 def baseline_section(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
     """Before/after: SET and EGNN of ``args.baseline`` vs the working tree, interleaved, at 1 and 2 threads."""
     old = load_models_at(args.baseline)
@@ -53,16 +70,7 @@ def baseline_section(args: argparse.Namespace, device: torch.device, log: Callab
     for threads in args.baseline_threads:
         torch.set_num_threads(threads)
         shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
-        cases, steppers = [], []
-        for name in ("egnn", "set"):
-            for when in ("after", "before"):
-                case = Case(name, shape, f"{{model}} ({when})")
-                new = Stepper(case, device)
-                if when == "before":
-                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
-                cases.append(case)
-                steppers.append(new)
-        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        cases = time_before_after(old, ("egnn", "set"), shape, device, args, log)
         r = {c.label: c.result["ms"] for c in cases}
         lines.append(f"| {threads} | {r['SET (before)']:.1f} | {r['SET (after)']:.1f} | "
                      f"{r['SET (before)'] / r['SET (after)']:.2f}x | {r['EGNN (before)']:.1f} | {r['EGNN (after)']:.1f} | "
@@ -85,16 +93,7 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
              "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for n in ((5, 20) if not args.quick else (5,)):
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
-        cases, steppers = [], []
-        for name in ("set", "egnn"):
-            for when in ("after", "before"):
-                case = Case(name, shape, f"{{model}} ({when})")
-                new = Stepper(case, device)
-                if when == "before":
-                    new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
-                cases.append(case)
-                steppers.append(new)
-        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        cases = time_before_after(old, ("set", "egnn"), shape, device, args, log)
         for after, before in zip(cases[::2], cases[1::2]):
             ra, rb = after.result, before.result
             lines.append(f"| {after.label.split(' (')[0]} | {n} | {fmt(rb['ms'])} | {fmt(ra['ms'])} | "
