@@ -42,6 +42,24 @@ def load_models_at(rev: str) -> Any:
     return module
 
 
+def older_args(cls: Any, init_args: dict[str, Any]) -> dict[str, Any]:
+    """``init_args`` that an older revision's model class takes: options added since must be at the value that
+    gives the old model (their default), else the two models would differ in more than their code."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    dropped = {k: v for k, v in init_args.items() if k not in params}
+    from set_lightning.models import MODELS
+
+    new_cls = MODELS[cls.__name__.lower()]
+    defaults = {k: p.default for k, p in inspect.signature(new_cls.__init__).parameters.items()}
+    changed = {k: v for k, v in dropped.items() if defaults.get(k) != v}
+    if changed:
+        raise SystemExit(f"error: --baseline: the revision's {cls.__name__} has no option {sorted(changed)} "
+                         f"(set here to {changed}); compare at the options' defaults")
+    return {k: v for k, v in init_args.items() if k in params}
+
+
 def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device: torch.device,
                       args: argparse.Namespace, log: Callable) -> list[Case]:
     """Each model of ``names`` twice, this tree's ("after") and the revision ``old``'s ("before"), with the same
@@ -52,7 +70,7 @@ def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device
             case = Case(name, shape, f"{{model}} ({when})")
             new = Stepper(case, device)
             if when == "before":
-                new = Stepper(case, device, net=old.MODELS[name](**new.init_args))
+                new = Stepper(case, device, net=old.MODELS[name](**older_args(old.MODELS[name], new.init_args)))
             cases.append(case)
             steppers.append(new)
     time_group(cases, device, args.repeats, args.budget, log, steppers)
