@@ -42,9 +42,12 @@ def evaluate(path: Path) -> dict[str, float]:
     """``test`` of a shipped file by the package's CLI (its own data settings): the test metrics."""
     from set_lightning.lightning_cli import make_cli
 
+    import tempfile
+
     torch.set_num_threads(1)
-    cli = make_cli(["test", f"--ckpt_path={path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false"],
-                   run=True)
+    with tempfile.TemporaryDirectory(prefix="ship_") as tmp:  # the run's config and metrics files go there
+        cli = make_cli(["test", f"--ckpt_path={path}", "--trainer.logger=false", f"--trainer.default_root_dir={tmp}",
+                        "--trainer.enable_progress_bar=false"], run=True)
     return {k.split("/", 1)[1]: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
 
 
