@@ -7,13 +7,13 @@ when doubling the budget changes its mean best validation MSE by less than 2%.
 
 Stages, in the order they run (a stage that needs an earlier one's answer waits for it):
 
-1. ``recipe``: SET L=10 and SET L=1 (both the shipped size, M=2, K=2) and EGNN, each at 3 learning
+1. ``recipe``: SET L=10 and SET L=1 (both the shipped size, 2 blocks x 2 EGCLs) and EGNN, each at 3 learning
    rates (cosine to the last step, 30 warm-up steps; EGNN also with its own constant rate), seed 0, T;
    while a model's best rate is the highest (lowest) tried, the search goes on at twice (half) that rate.
 2. ``headline``: the three with their best recipe (lowest best validation MSE), seeds 0-4, T.
 3. ``readout``: SET L=10 read out at the last frame, seeds 0-4, T.
 4. ``2T``: stages 2 and 3 at 2T.
-5. ``size``: SET L=10 and L=1 at M=1, K=1, seeds 0-4, T and 2T.
+5. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, seeds 0-4, T and 2T.
 6. ``4T``: stage 4 at 4T.
 7. ``ablation``: the best history model (its better readout) with one flag flipped, 3 seeds, at its
    first converged rung (else its top finished rung); "no temporal attention" uses the last-frame readout.
@@ -58,8 +58,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "SET L=1": {**SHIPPED_SET, "data.history": 1},
     "EGNN": {"config": "conf/egnn.yaml", "model.scheduler": "cosine", "model.warmup_steps": 30},
     "SET L=10, last readout": {**SHIPPED_SET, **LAST},
-    "SET L=10 (M=1, K=1)": {**SHIPPED_SET, **SMALL_SIZE},
-    "SET L=1 (M=1, K=1)": {**SHIPPED_SET, **SMALL_SIZE, "data.history": 1},
+    "SET L=10 (1 block x 1 EGCL)": {**SHIPPED_SET, **SMALL_SIZE},
+    "SET L=1 (1 block x 1 EGCL)": {**SHIPPED_SET, **SMALL_SIZE, "data.history": 1},
 }
 HEADLINE = ("SET L=10", "SET L=1", "EGNN")
 LRS = (2.5e-4, 5e-4, 1e-3)
@@ -71,7 +71,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 LR_LIMITS = (6.25e-5, 4e-3)
 RECIPES["EGNN"]["constant lr=0.0005"] = {"model.lr": 5e-4, "model.scheduler": "none", "model.warmup_steps": 0}
 #: the arm whose chosen recipe another arm takes
-RECIPE_OF = {"SET L=10, last readout": "SET L=10", "SET L=10 (M=1, K=1)": "SET L=10", "SET L=1 (M=1, K=1)": "SET L=1"}
+RECIPE_OF = {"SET L=10, last readout": "SET L=10", "SET L=10 (1 block x 1 EGCL)": "SET L=10", "SET L=1 (1 block x 1 EGCL)": "SET L=1"}
 #: the ablation: label -> overrides on the best history model
 FLIPS = {
     "no equivariance": {"model.net.init_args.equivariant": False},
@@ -164,7 +164,7 @@ class Study:
             return [self.unit(arm, s, rung) for s in SEEDS for arm in readout_arms]
         if stage == "size":
             return [self.unit(arm, s, rung) for rung in (1, 2) for s in SEEDS
-                    for arm in ("SET L=10 (M=1, K=1)", "SET L=1 (M=1, K=1)")]
+                    for arm in ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
         if stage == "ablation":
             best = self.best_history_arm()
             rung = self.ablation_rung(best) if best else None

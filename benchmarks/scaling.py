@@ -29,7 +29,7 @@ from results_md import write_generated  # benchmarks/results_md.py (run this fil
 from step_harness import Case, time_group
 
 REPO = Path(__file__).resolve().parents[1]
-#: model -> its shape: (history L, batch B); SET as configured (M = 2 blocks of K = 2 EGCLs, width 64)
+#: model -> its shape: (history L, batch B); SET as configured (M = 2 blocks of 2 EGCLs, width 64)
 SHAPES = {"set": (5, 4), "egnn": (1, 4)}
 K_NEIGHBOURS = 6
 
@@ -99,7 +99,7 @@ def main() -> None:
     out = Path(opts.output)
     plot(rows, out.with_suffix(".png"))
     header = (f"`python benchmarks/scaling.py{' --quick' if opts.quick else ''}`: torch {torch.__version__}, "
-              f"{platform.processor() or platform.machine()}, 1 thread. SET as configured (M = 2 blocks of K = 2 "
+              f"{platform.processor() or platform.machine()}, 1 thread. SET as configured (M = 2 blocks of 2 "
               f"EGCLs + ETAL, width 64) with L = {SHAPES['set'][0]} frames, B = {SHAPES['set'][1]}; EGNN (4 layers, "
               f"width 64), B = {SHAPES['egnn'][1]}. kNN: k = min({K_NEIGHBOURS}, N - 1) nearest bodies per frame. "
               "Parameters are the same at every N and for both graphs (checked). Plot: `scaling.png`.")

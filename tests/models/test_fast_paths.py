@@ -54,7 +54,7 @@ EGCL_FLAGS = [dict(zip(("attention", "equivariant", "pre_norm", "norm_diff", "ta
 @pytest.mark.parametrize("n", [2, 5])
 def test_egcl_matches_dense_reference(store_less, flags, n):
     torch.manual_seed(0)
-    layer = EGCL(hidden=8, edge_dim=2, n_heads=2, coords_range=3.0, **flags).double()
+    layer = EGCL(hidden=8, edge_features=2, n_heads=2, coords_range=3.0, **flags).double()
     _randomise(layer)
     g = torch.Generator().manual_seed(1)
     h = torch.randn(3, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
@@ -73,7 +73,7 @@ def test_egcl_on_sparse_graphs_matches_the_masked_dense_reference(store_less, ki
     """k-NN and given (padded, masked; one node without edges) graphs: values and gradients equal the
     dense layer with the non-edges masked out."""
     torch.manual_seed(0)
-    layer = EGCL(hidden=8, edge_dim=2, n_heads=2, attention=attention, pre_norm=True).double()
+    layer = EGCL(hidden=8, edge_features=2, n_heads=2, attention=attention, pre_norm=True).double()
     _randomise(layer)
     g = torch.Generator().manual_seed(2)
     n = 6

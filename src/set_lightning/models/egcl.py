@@ -47,7 +47,8 @@ class EGCL(nn.Module):
 
     Args:
         hidden: width ``H`` of node features and messages.
-        edge_dim: number of edge attributes ``a_ij``.
+        edge_features: number of edge features ``a_ij`` (``q_i q_j``, ``|x_i - x_j|^2`` and the samples' pair
+            attributes; not the models' ``edge_features``, which counts the last only).
         attention: softmax attention over neighbours (True) or plain sum / mean (False).
         n_heads: attention heads (must divide ``hidden``).
         equivariant: keep E(n) equivariance (see above).
@@ -62,12 +63,12 @@ class EGCL(nn.Module):
 
     Shapes:
         h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)`` (None without ``velocity``), edge_attr:
-        ``(G, N, K, edge_dim)`` on the graph's edges (:meth:`Graph.pick` of a dense ``(G, N, N, edge_dim)``),
+        ``(G, N, K, edge_features)`` on the graph's edges (:meth:`Graph.pick` of a dense ``(G, N, N, edge_features)``),
         graph: a :class:`Graph` with ``K`` edges per node (default: complete) -> h ``(G, N, H)``, x ``(G, N, 3)``.
     """
 
     def __init__(
-        self, *, hidden: int = 64, edge_dim: int = 2, attention: bool = True, n_heads: int = 4,
+        self, *, hidden: int = 64, edge_features: int = 2, attention: bool = True, n_heads: int = 4,
         equivariant: bool = True, velocity: bool = True, norm_diff: bool = True, tanh: bool = True,
         coords_range: float = 15.0, coords_weight: float = 1.0, recurrent: bool = True, pre_norm: bool = False,
     ) -> None:
@@ -76,7 +77,7 @@ class EGCL(nn.Module):
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.attention, self.n_heads, self.equivariant = attention, n_heads, equivariant
         self.norm_diff, self.coords_weight, self.recurrent = norm_diff, coords_weight, recurrent
-        d_e = 1 + edge_dim + (0 if equivariant else 3)
+        d_e = 1 + edge_features + (0 if equivariant else 3)
         self.edge_in = PairLinear(d_a=hidden, d_b=hidden, d_e=d_e, d_out=hidden)
         self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -115,7 +116,7 @@ class EGCL(nn.Module):
     ) -> torch.Tensor:
         """Messages ``m_ij = phi_e(h_i, h_j, r_ij, a_ij)`` (and ``d_ij`` with ``equivariant=False``).
 
-        Shapes: hn ``(G, N, H)``, radial ``(G, N, K, 1)``, edge_attr ``(G, N, K, edge_dim)``, diff
+        Shapes: hn ``(G, N, H)``, radial ``(G, N, K, 1)``, edge_attr ``(G, N, K, edge_features)``, diff
         ``(G, N, K, 3)`` -> ``(G, N, K, H)``.
         """
         cols = [radial, *edge_attr.split(1, dim=-1)]

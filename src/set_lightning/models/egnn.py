@@ -58,7 +58,7 @@ class EGNN(GraphModel):
         require_sizes(hidden=hidden, n_layers=n_layers, n_heads=n_heads)
         self.embedding = nn.Linear(node_dim, hidden)
         self.layers = nn.ModuleList(
-            EGCL(hidden=hidden, edge_dim=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True,
+            EGCL(hidden=hidden, edge_features=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True,
                  velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
                  recurrent=recurrent)
             for _ in range(n_layers)

@@ -84,14 +84,15 @@ class ETAL(nn.Module):
         t_idx, n_idx = self.token_index(ell, n, h.device)
         ht, xt, ut = (self.to_tokens(z, batch) for z in (h, x, u))
         hn = self.norm(ht)
-        hq = hn + sinusoidal_encoding(ell - 1 - t_idx, d).to(hn.dtype)
+        # h_t: the features with the temporal position code (what q, k and the pair features read)
+        h_t = hn + sinusoidal_encoding(ell - 1 - t_idx, d).to(hn.dtype)
         rel = xt.unsqueeze(-3) - xt.unsqueeze(-2)  # (R, T, T, 3): x_s - x_t
         r2 = rel.square().sum(-1, keepdim=True)
         lr2 = torch.log1p(r2)  # (R, T, T, 1); the other invariant is same = [node(t) == node(s)]
         same = (n_idx[:, None] == n_idx[None, :]).to(r2.dtype) if self.adjacency else None  # (T, T)
-        a = self.attention(hq, lr2, same)
+        a = self.attention(h_t, lr2, same)
         ht = self.feature_update(ht, hn, a)
-        xt, ut = self.vector_update(xt, ut, hq, rel, r2, lr2, same, a.mean(1))
+        xt, ut = self.vector_update(xt, ut, h_t, rel, r2, lr2, same, a.mean(1))
         return tuple(self.from_tokens(z, batch, n) for z in (ht, xt, ut))
 
     def token_index(self, ell: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,15 +116,15 @@ class ETAL(nn.Module):
         ell = z.shape[1]
         return z.reshape(batch, n, ell, c).transpose(1, 2).reshape(batch * ell, n, c)
 
-    def attention(self, hq: torch.Tensor, lr2: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, h_t: torch.Tensor, lr2: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
         """``a_h(t, s)``: softmax over ``s`` of ``q_h(t) . k_h(s) / sqrt(d) + w_h . [log(1 + r^2), same]``.
 
-        Shapes: hq ``(R, T, H)``, lr2 ``(R, T, T, 1)``, same ``(T, T)`` or None (all ones) ->
+        Shapes: h_t ``(R, T, H)``, lr2 ``(R, T, T, 1)``, same ``(T, T)`` or None (all ones) ->
         ``(R, n_heads, T, T)``.
         """
-        r, t, d = hq.shape
+        r, t, d = h_t.shape
         nh, dh = self.n_heads, d // self.n_heads
-        q, k = self.qk(hq).view(r, t, 2, nh, dh).permute(2, 0, 3, 1, 4)
+        q, k = self.qk(h_t).view(r, t, 2, nh, dh).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
         wg = self.geo.weight.to(scores.dtype)  # (heads, 2): Linear([log1p(r2), same]) without bias
         bias = lr2.squeeze(-1).unsqueeze(1).to(scores.dtype) * wg[:, 0, None, None]  # (R, heads, T, T)
@@ -141,12 +142,12 @@ class ETAL(nn.Module):
         return ht + self.drop(self.out(o))
 
     def vector_update(
-        self, xt: torch.Tensor, ut: torch.Tensor, hq: torch.Tensor, rel: torch.Tensor, r2: torch.Tensor,
+        self, xt: torch.Tensor, ut: torch.Tensor, h_t: torch.Tensor, rel: torch.Tensor, r2: torch.Tensor,
         lr2: torch.Tensor, same: torch.Tensor | None, abar: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x + sum_s abar phi_x(p) r`` and ``u + sum_s abar phi_u(p) u_s``, with the pair feature ``p``.
 
-        Shapes: xt, ut ``(R, T, 3)``, hq ``(R, T, H)``, rel ``(R, T, T, 3)``, r2, lr2 ``(R, T, T, 1)``,
+        Shapes: xt, ut ``(R, T, 3)``, h_t ``(R, T, H)``, rel ``(R, T, T, 3)``, r2, lr2 ``(R, T, T, 1)``,
         same ``(T, T)`` or None, abar ``(R, T, T)`` -> ``(R, T, 3)`` x2.
         """
         cols = [lr2, 1.0 if same is None else same.unsqueeze(-1)]
@@ -154,7 +155,7 @@ class ETAL(nn.Module):
             rel = rel / (torch.sqrt(r2 + EPS) + 1.0)
         if self.phi_x.equivariant:
             weight, bias = stacked_last_layers([self.phi_x, self.phi_u])
-            gates = pair_silu_gates(*self.pair.node_terms(hq, hq, cols), weight)  # p never stored
+            gates = pair_silu_gates(*self.pair.node_terms(h_t, h_t, cols), weight)  # p never stored
             if bias is not None:
                 gates = gates + bias.to(gates.dtype)
             gx, gu = gates.unbind(-1)  # (R, T, T) each
@@ -163,7 +164,7 @@ class ETAL(nn.Module):
             xt = xt + (wx.unsqueeze(-1) * rel).sum(-2)
             ut = ut + wu.to(ut.dtype) @ ut  # sum_s abar phi_u u_s
         else:
-            p = nn.functional.silu(self.pair(hq, hq, cols))
+            p = nn.functional.silu(self.pair(h_t, h_t, cols))
             r, t, _ = xt.shape
             abar = abar.unsqueeze(-1)
             xt = xt + (abar * self.phi_x(p, rel.unsqueeze(-2))).sum(-2)

@@ -95,7 +95,7 @@ def egcl(layer, h, x, v, edge_attr, adj=None):  # type: ignore[no-untyped-def]
     """:class:`~set_lightning.models.egcl.EGCL` on dense ``(G, N, N)`` pair tensors; the edges are those of
     ``adj`` (default: all ``i != j``), the rest masked out.
 
-    Shapes: h ``(G, N, H)``, x, v ``(G, N, 3)``, edge_attr ``(G, N, N, edge_dim)`` (dense), adj ``(G, N, N)``
+    Shapes: h ``(G, N, H)``, x, v ``(G, N, 3)``, edge_attr ``(G, N, N, edge_features)`` (dense), adj ``(G, N, N)``
     bool or None -> h ``(G, N, H)``, x ``(G, N, 3)``.
     """
     n = x.shape[-2]

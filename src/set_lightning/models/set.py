@@ -17,11 +17,11 @@ READOUTS = ("mean", "last")
 
 
 class SETBlock(nn.Module):
-    """``K`` EGCLs on every frame -> ETAL across frames -> pre-norm feed-forward with residual.
+    """``n_spatial_layers`` EGCLs on every frame -> ETAL across frames -> pre-norm feed-forward with residual.
 
     Args:
         hidden: feature width.
-        n_spatial_layers: number ``K`` of EGCLs.
+        n_spatial_layers: number of EGCLs (the paper's ``K``; here ``K`` is the edges per node).
         n_heads: attention heads (spatial and temporal).
         dropout: dropout in ETAL and the feed-forward.
         equivariant: keep E(n) equivariance.
@@ -32,10 +32,10 @@ class SETBlock(nn.Module):
         tanh: bound the coordinate gates.
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward.
-        edge_dim: number of edge features of the EGCLs.
+        edge_features: number of edge features of the EGCLs (2 + the model's ``edge_dim``).
 
     Shapes:
-        h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_dim)`` on the edges of ``graph``
+        h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_features)`` on the edges of ``graph``
         (``K`` per node) with ``G = B * L``, batch: ``B`` -> h ``(G, N, H)``, x, u ``(G, N, 3)``.
     """
 
@@ -43,11 +43,11 @@ class SETBlock(nn.Module):
         self, *, hidden: int = 64, n_spatial_layers: int = 2, n_heads: int = 4, dropout: float = 0.1,
         equivariant: bool = True, spatial_attention: bool = True, temporal_attention: bool = True,
         adjacency: bool = False, norm_diff: bool = True, tanh: bool = True, coords_range: float = 15.0,
-        ff_mult: int = 2, edge_dim: int = 2,
+        ff_mult: int = 2, edge_features: int = 2,
     ) -> None:
         super().__init__()
         self.egcls = nn.ModuleList(
-            EGCL(hidden=hidden, edge_dim=edge_dim, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
+            EGCL(hidden=hidden, edge_features=edge_features, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
                  velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, pre_norm=True)
             for _ in range(n_spatial_layers)
         )
@@ -73,7 +73,7 @@ class SETBlock(nn.Module):
 
 
 class SET(GraphModel):
-    r"""Spacetime E(n)-Transformer: ``M`` blocks of (``K`` EGCL per frame -> ETAL -> FF), time-averaged.
+    r"""Spacetime E(n)-Transformer: ``M`` blocks of (``n_spatial_layers`` EGCLs per frame -> ETAL -> FF), time-averaged.
 
     Node features are ``|v|`` and the node attributes (the charge), edge attributes ``q_i q_j`` and
     ``|x_i - x_j|^2`` of each frame (as in EGNN's N-body setup) and the samples' pair attributes; the
@@ -109,7 +109,7 @@ class SET(GraphModel):
     Args:
         hidden: feature width ``H``.
         n_blocks: number ``M`` of spatio-temporal blocks.
-        n_spatial_layers: number ``K`` of EGCLs per block.
+        n_spatial_layers: number of EGCLs per block (the paper's ``K``; in the shapes ``K`` is the edges per node).
         n_heads: attention heads (must divide ``hidden``).
         dropout: dropout in the temporal attention and the feed-forward.
         equivariant: keep E(n) equivariance.
@@ -161,7 +161,7 @@ class SET(GraphModel):
             SETBlock(hidden=hidden, n_spatial_layers=n_spatial_layers, n_heads=n_heads, dropout=dropout,
                      equivariant=equivariant, spatial_attention=spatial_attention,
                      temporal_attention=temporal_attention, adjacency=adjacency, norm_diff=norm_diff, tanh=tanh,
-                     coords_range=coords_range, ff_mult=ff_mult, edge_dim=2 + edge_dim)
+                     coords_range=coords_range, ff_mult=ff_mult, edge_features=2 + edge_dim)
             for _ in range(n_blocks)
         )
         self.out_norm = nn.LayerNorm(hidden)
