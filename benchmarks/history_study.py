@@ -79,6 +79,12 @@ FLIPS = {
     "no temporal attention": {"model.net.init_args.temporal_attention": False, **LAST},
     "with adjacency": {"model.net.init_args.adjacency": True},
 }
+#: the comparisons the report tables at every rung: (A, B), the ratio is A / B
+PAIRS = [("SET L=10", "SET L=1"), ("SET L=10", "EGNN"), ("SET L=1", "EGNN"),
+         ("SET L=10, last readout", "SET L=10"), ("SET L=10, last readout", "SET L=1"),
+         ("SET L=10, last readout", "EGNN"),
+         ("SET L=10 (1 block x 1 EGCL)", "SET L=10"), ("SET L=1 (1 block x 1 EGCL)", "SET L=1"),
+         ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
 STAGES = ("recipe", "headline", "readout", "2T", "size", "4T", "ablation", "8T")
 
 
@@ -238,7 +244,7 @@ def main() -> None:
                 ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
     from set_lightning.experiments.ladder_report import history_report
 
-    history_report(out, t=opts.tflop, headline=HEADLINE, recipe_of=RECIPE_OF,
+    history_report(out, t=opts.tflop, headline=HEADLINE, pairs=PAIRS, recipe_of=RECIPE_OF,
                    searching=[arm for arm in HEADLINE if study.chosen_recipe(arm) is None])
 
 
