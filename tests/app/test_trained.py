@@ -59,3 +59,15 @@ def test_a_file_carrying_pickled_code_is_refused_with_one_error_line(tmp_path):
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ckpt_path" in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_every_shipped_model_file_is_in_the_package_data():
+    """A non-editable install carries trained/ only through setup.cfg's package_data globs."""
+    import configparser
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    packaged = {p for g in cfg["options.package_data"]["set_lightning"].split() for p in TRAINED_DIR.parent.glob(g)}
+    files = [p for p in TRAINED_DIR.iterdir() if p.is_file()]
+    assert files and [p.name for p in files if p not in packaged] == []
