@@ -68,7 +68,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     arm: {f"lr={lr:g}": {"model.lr": lr} for lr in LRS} for arm in HEADLINE
 }
 #: the learning rates the search may extend to when the best rate is at an edge of those tried
-LR_LIMITS = (6.25e-5, 4e-3)
+LR_LIMITS = (3.125e-5, 1.6e-2)
 RECIPES["EGNN"]["constant lr=0.0005"] = {"model.lr": 5e-4, "model.scheduler": "none", "model.warmup_steps": 0}
 #: the arm whose chosen recipe another arm takes
 RECIPE_OF = {"SET L=10, last readout": "SET L=10", "SET L=10 (1 block x 1 EGCL)": "SET L=10", "SET L=1 (1 block x 1 EGCL)": "SET L=1"}
