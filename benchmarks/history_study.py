@@ -199,12 +199,12 @@ class Study:
         return out
 
 
-def print_plan(study: Study, stages: list[str]) -> None:
+def print_plan(study: Study, stages: list[str], arms: Optional[list[str]] = None) -> None:
     machine = this_machine()
     total = 0.0
     print(f"machine: {machine}")
     for stage in stages:
-        units = study.units(stage)
+        units = [u for u in study.units(stage) if u is None or not arms or u.arm in arms]
         waiting = sum(u is None for u in units)
         todo = pending(study.ladder, [u for u in units if u is not None])
         hours = sum(study.ladder.estimate_s(p, machine) for p in todo) / 3600
@@ -222,6 +222,9 @@ def main() -> None:
     parser.add_argument("--tflop", type=float, default=10.0, help="the lowest rung T in TFLOP (default 10)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each (default 2)")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                        help="run only these models (labels as in the report), e.g. to give a second process or "
+                             "machine its own share of a stage")
     parser.add_argument("--plan", action="store_true", help="print the remaining runs and CPU-hours, run nothing")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", default=str(OUT), help="results stem (default results/history)")
@@ -229,13 +232,17 @@ def main() -> None:
     out = Path(opts.out).resolve()
     ladder = Ladder(out, REPO, DATA, REPO / "runs" / out.name)
     study = Study(ladder, opts.tflop)
+    known = set(ARMS) | {f"{a}: {f}" for a in ARMS for f in FLIPS}
+    if opts.arms and set(opts.arms) - known:
+        sys.exit(f"error: --arms: unknown {sorted(set(opts.arms) - known)}; allowed: {sorted(ARMS)} (or "
+                 "'<model>: <flag>' for the ablation)")
     if opts.plan:
-        print_plan(study, opts.stages)
+        print_plan(study, opts.stages, opts.arms)
         return
     if not opts.report_only:
         for stage in opts.stages:
             while True:  # a stage can grow as it runs (the recipe search extends past a winning edge)
-                units = study.units(stage)
+                units = [u for u in study.units(stage) if u is None or not opts.arms or u.arm in opts.arms]
                 todo = pending(ladder, [u for u in units if u is not None])
                 waiting = sum(u is None for u in units)
                 print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
