@@ -110,9 +110,11 @@ def main() -> None:
         recipe, _ = recipe_choice(rows, family, opts.recipe_tflop)
         entries[NAMES[arm]] = ship(rows, arm, recipe, opts.tflop, REPO / "runs" / results.name)
         final = study.chosen_recipe(family) is not None
+        seeds = len(rows.cell(arm, recipe, opts.tflop))
         entries[NAMES[arm]]["status"] = (
-            f"the study's best model at {opts.tflop:g} TFLOP" if final else
-            f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} TFLOP")
+            (f"recipe final; the best-validation seed of the {seeds} finished at {opts.tflop:g} TFLOP" if final else
+             f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} TFLOP")
+            + ("; replaced when more seeds and rungs finish" if seeds < 5 or not final else ""))
         print(f"{NAMES[arm]}: test {entries[NAMES[arm]]['test']['pos_mse']:.6g}", flush=True)
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
