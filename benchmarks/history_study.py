@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from set_lightning.experiments.ladder import Ladder, Unit, pending, this_machine
+from set_lightning.experiments.stats import first_converged, ladder_verdicts
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "history"
@@ -134,22 +135,26 @@ class Study:
         """SET L=10 with the readout whose mean test MSE at T over the 5 seeds is lower."""
         means = {}
         for arm in ("SET L=10", "SET L=10, last readout"):
+            recipe = self.chosen_recipe(arm)
             vals = [r["test_pos_mse"] for r in self.ladder.rows() if r["arm"] == arm and r["budget_tflop"] == self.t
-                    and r["recipe"] == self.chosen_recipe(arm)]
+                    and r["recipe"] == recipe]
             if len(vals) < len(SEEDS):
                 return None
             means[arm] = sum(vals) / len(vals)
         return min(means, key=means.get)
 
-    def ablation_rung(self, arm: str) -> Optional[float]:
-        """The first converged rung (as a multiple of T) of ``arm``, else its top rung with 5 seeds."""
-        from set_lightning.experiments.stats import first_converged, ladder_verdicts
-
+    def full_rung_means(self, arm: str) -> dict[float, float]:
+        """``{budget: mean best validation MSE}`` of ``arm`` (its chosen recipe) at the rungs where all seeds ran."""
+        recipe = self.chosen_recipe(arm)
         by_rung: dict[float, list[float]] = {}
         for r in self.ladder.rows():
-            if r["arm"] == arm and r["recipe"] == self.chosen_recipe(arm):
+            if r["arm"] == arm and r["recipe"] == recipe:
                 by_rung.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
-        full = {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
+        return {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
+
+    def ablation_rung(self, arm: str) -> Optional[float]:
+        """The first converged rung (as a multiple of T) of ``arm``, else its top rung with 5 seeds."""
+        full = self.full_rung_means(arm)
         if not full:
             return None
         conv = first_converged(ladder_verdicts(full))
@@ -186,17 +191,8 @@ class Study:
         raise ValueError(stage)
 
     def _verdicts_at(self, rung: int) -> dict[str, str]:
-        from set_lightning.experiments.stats import ladder_verdicts
-
-        out = {}
-        for arm in HEADLINE:
-            by: dict[float, list[float]] = {}
-            for r in self.ladder.rows():
-                if r["arm"] == arm and r["recipe"] == self.chosen_recipe(arm):
-                    by.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
-            means = {b: sum(v) / len(v) for b, v in by.items() if len(v) >= len(SEEDS)}
-            out[arm] = next((v.verdict for v in ladder_verdicts(means) if v.budget == rung * self.t), "unknown")
-        return out
+        return {arm: next((v.verdict for v in ladder_verdicts(self.full_rung_means(arm)) if v.budget == rung * self.t),
+                          "unknown") for arm in HEADLINE}
 
 
 def print_plan(study: Study, stages: list[str], arms: Optional[list[str]] = None) -> None:

@@ -89,7 +89,6 @@ class Planned:
     max_steps: int
     val_every: int
     spec: RunSpec
-    net: dict[str, Any] = field(repr=False, default_factory=dict)
     trainer: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -179,7 +178,7 @@ class Ladder:
         budget = {"trainer.max_steps": max_steps, "trainer.check_val_every_n_epoch": val_every}
         spec = variant_run(dict(unit.variant), slug(unit.arm), unit.seed, run_dir, self.root, base=self.base,
                            overrides={**COMMON, **budget})
-        return Planned(unit, run_id, config_sha, fp, flops, steps_per_epoch, max_steps, val_every, spec, net,
+        return Planned(unit, run_id, config_sha, fp, flops, steps_per_epoch, max_steps, val_every, spec,
                        resolved["trainer"])
 
     # ------------------------------------------------------------------ running

@@ -124,9 +124,8 @@ class LadderRows:
 def recipe_choice(lr: LadderRows, arm: str, t: float, final: bool = True) -> tuple[Optional[str], list[list[str]]]:
     """The recipe of ``arm`` with the lowest best validation MSE at ``t``, seed 0, and the table rows
     (``final=False``: the search has more recipes to run, so the best is marked as the best so far)."""
-    found = [(recipe, rows[0]) for (a, recipe, b), rows in lr.cells.items()
-             if a == arm and b == t and any(r["seed"] == 0 for r in rows)]
-    found = [(recipe, next(r for r in lr.cells[(arm, recipe, t)] if r["seed"] == 0)) for recipe, _ in found]
+    found = [(recipe, r) for (a, recipe, b), rows in lr.cells.items() if a == arm and b == t
+             for r in rows if r["seed"] == 0]
     if not found:
         return None, []
     best = min(found, key=lambda f: f[1]["best_val_pos_mse"])[0]
