@@ -46,6 +46,51 @@ def test_models_record_their_init_arguments_and_rebuild_from_them():
         build_from_config({"class_path": "torch.nn.Linear"})
 
 
+#: arguments other than the defaults, per registered model
+NON_DEFAULT = {"set": {"hidden": 16, "n_heads": 2, "readout": "last", "dropout": 0.2, "graph": "knn", "k": 3},
+               "egnn": {"hidden": 8, "n_layers": 2, "attention": True, "n_heads": 2, "norm_diff": True},
+               "mlp": {"hidden": 16, "n_layers": 2, "n_frames": 3}, "linear": {"time": 0.5},
+               "lstm": {"hidden": 16, "dropout": 0.1}}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("given", ["defaults", "non-defaults"])
+def test_hparams_are_the_constructor_arguments_bound_to_its_signature(name, given):
+    """save_hparams(locals()) records what binding the call to the signature gives (what the former
+    NBodyModel.__new__ recorded): every argument, defaults filled in, in signature order."""
+    cls, kwargs = MODELS[name], ({} if given == "defaults" else NON_DEFAULT[name])
+    assert kwargs or given == "defaults"
+    model = build_model(name, **kwargs)
+    bound = inspect.signature(cls.__init__).bind(None, **kwargs)
+    bound.apply_defaults()
+    expected = {k: v for k, v in list(bound.arguments.items())[1:] if k not in cls.renamed_args}
+    assert model.hparams == expected and list(model.hparams) == list(expected)
+    cls_path = f"{cls.__module__}.{cls.__qualname__}"
+    assert model.config() == {"class_path": cls_path, "init_args": expected}
+    rebuilt = models.build_from_config(model.config())
+    assert rebuilt.hparams == model.hparams
+    assert rebuilt.load_state_dict(model.state_dict()) is not None  # the same parameters
+
+
+def test_subclasses_record_their_own_arguments():
+    class Plain(models.Linear):
+        pass
+
+    class Own(models.Linear):
+        def __init__(self, *, scale: float = 2.0, time: float = 0.7) -> None:
+            super().__init__(time=time)
+            self.save_hparams(locals())
+
+    class Forgets(models.Linear):
+        def __init__(self, *, scale: float = 2.0) -> None:
+            super().__init__()
+
+    assert Plain(time=0.3).hparams == {"time": 0.3}
+    assert Own(scale=3.0).hparams == {"scale": 3.0, "time": 0.7}
+    with pytest.raises(TypeError, match=r"Forgets.__init__ does not record its arguments"):
+        Forgets().config()
+
+
 def test_unknown_name_lists_allowed():
     with pytest.raises(ValueError, match=r"'transformer'.*egnn.*linear.*lstm.*mlp.*set"):
         build_model("transformer")

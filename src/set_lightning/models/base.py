@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,29 +41,40 @@ class NBodyModel(nn.Module):
     Every model is permutation-equivariant in the particle axis and has a parameter count that
     does not depend on ``N``.
 
-    Every instance records its constructor arguments, defaults filled in, as ``hparams`` (a dict);
-    :meth:`config` turns them into the ``class_path`` / ``init_args`` form that LightningCLI and
-    checkpoints use, so a model can be rebuilt from what it says about itself.
+    Every instance records its constructor arguments, defaults filled in, as ``hparams`` (a dict):
+    each model's ``__init__`` calls ``self.save_hparams(locals())`` right after ``super().__init__()``
+    (:meth:`save_hparams`). :meth:`config` turns them into the ``class_path`` / ``init_args`` form that
+    LightningCLI and checkpoints use, so a model can be rebuilt from what it says about itself.
     """
 
     equivariant: bool = False
-    #: the constructor arguments of this instance, defaults included (set before ``__init__`` runs)
+    #: deprecated constructor argument names -> their current names (still accepted, never recorded)
+    renamed_args: dict[str, str] = {}
+    #: the constructor arguments of this instance, defaults included (:meth:`save_hparams`)
     hparams: dict[str, Any]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "NBodyModel":
-        self = super().__new__(cls)
-        try:
-            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
-        except TypeError:
-            bound = None  # let __init__ raise its own, clearer error
-        if bound is not None:
-            bound.apply_defaults()
-            object.__setattr__(self, "hparams", dict(list(bound.arguments.items())[1:]))
-        return self
+    def save_hparams(self, init_locals: Mapping[str, Any]) -> None:
+        """Record the constructor's arguments as :attr:`hparams`: ``self.save_hparams(locals())``.
+
+        Called at the top of every model's ``__init__``, where ``locals()`` holds just its arguments
+        (the way Lightning's ``save_hyperparameters`` reads them). What is recorded is each parameter of
+        ``type(self).__init__``, in signature order, with the value ``init_locals`` holds for it, except
+        the deprecated names of :attr:`renamed_args` (the constructor has put their value under the
+        current name). A call whose ``init_locals`` lack one of those parameters is a parent's
+        ``__init__`` running for a subclass with an ``__init__`` of its own: it records nothing, and the
+        subclass records its own arguments with its own call.
+        """
+        names = [name for name in inspect.signature(type(self).__init__).parameters
+                 if name != "self" and name not in self.renamed_args]
+        if all(name in init_locals for name in names):
+            self.hparams = {name: init_locals[name] for name in names}
 
     def config(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": hparams}``: how LightningCLI and checkpoints name this model."""
         cls = type(self)
+        if "hparams" not in vars(self):
+            raise TypeError(f"{cls.__qualname__}.__init__ does not record its arguments: call "
+                            "self.save_hparams(locals()) in it, after super().__init__()")
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.hparams)}
 
     def forward(

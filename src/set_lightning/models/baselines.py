@@ -35,6 +35,7 @@ class Linear(NBodyModel):
 
     def __init__(self, *, time: float = 0.7) -> None:
         super().__init__()
+        self.save_hparams(locals())
         self.time = nn.Parameter(torch.tensor(float(time)))
 
     def forward(
@@ -64,6 +65,7 @@ class MLP(NBodyModel):
 
     def __init__(self, *, hidden: int = 64, n_layers: int = 3, n_frames: int = 1) -> None:
         super().__init__()
+        self.save_hparams(locals())
         require_sizes(hidden=hidden, n_layers=n_layers, n_frames=n_frames)
         self.n_frames = n_frames
         self.net = mlp(d_in=6 * n_frames + 1, d_hidden=hidden, d_out=6, n_layers=n_layers)
@@ -101,6 +103,7 @@ class LSTM(NBodyModel):
 
     def __init__(self, *, hidden: int = 64, n_layers: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
+        self.save_hparams(locals())
         require_sizes(hidden=hidden, n_layers=n_layers)
         require_dropout(dropout)
         self.lstm = nn.LSTM(7, hidden, num_layers=n_layers, batch_first=True,

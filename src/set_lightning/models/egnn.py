@@ -54,6 +54,7 @@ class EGNN(GraphModel):
         coords_range: float = 1.0, graph: str = "complete", k: int = 6, node_dim: int = 1, edge_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.save_hparams(locals())
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
         require_sizes(hidden=hidden, n_layers=n_layers, n_heads=n_heads)
         self.embedding = nn.Linear(node_dim, hidden)

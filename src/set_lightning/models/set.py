@@ -142,6 +142,7 @@ class SET(GraphModel):
         edge_dim: int = 0, readout: str = "mean",
     ) -> None:
         super().__init__()
+        self.save_hparams(locals())
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
         if adjacency and graph != "complete":
             raise UserError(f"adjacency=True attends to every node at every frame: it needs graph='complete', "
