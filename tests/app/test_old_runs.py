@@ -1,14 +1,20 @@
-"""A run written before the renames (commit b1aceb6: SETLightningModule, lightning_cli.py in one file,
-no readout option) still tests, and its saved config still trains."""
+"""Runs written before the renames still test, and their saved configs still train: commit b1aceb6's
+(SETLightningModule, lightning_cli.py in one file, no readout option) and an EGNN of commit 12b5566
+(``recurrent``, now ``residual``)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from cli_helpers import run_cli
+import torch
+from cli_helpers import error_lines, run_cli
 
-OLD_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "b1aceb6_run"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+OLD_RUN = FIXTURES / "b1aceb6_run"
+#: EGNN (hidden 8, 1 layer) from conf/egnn.yaml, 1 epoch, made by commit 12b5566: its config.yaml and
+#: checkpoint say ``recurrent: true``
+OLD_EGNN_RUN = FIXTURES / "12b5566_egnn_run"
 
 
 def test_a_b1aceb6_checkpoint_still_tests_and_its_config_still_fits(tmp_path, data_cache):
@@ -23,6 +29,29 @@ def test_a_b1aceb6_checkpoint_still_tests_and_its_config_still_fits(tmp_path, da
                    "--trainer.max_epochs=1", "--trainer.logger.init_args.version=again"], cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert (tmp_path / "runs" / "quick" / "again" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_an_egnn_written_with_recurrent_still_tests_and_its_config_still_fits(tmp_path, data_cache):
+    run = tmp_path / "runs" / "quick" / "version_0"
+    shutil.copytree(OLD_EGNN_RUN, run)
+    assert "recurrent: true" in (run / "config.yaml").read_text()
+    ckpt = run / "checkpoints" / "best-epoch=000.ckpt"
+    out = run_cli(["test", "--ckpt_path", str(ckpt), f"--data.cache_dir={data_cache}",
+                   "--trainer.enable_progress_bar=false"], cwd=tmp_path, env={"PYTHONWARNINGS": "default"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "test/pos_mse:" in out.stdout and "recurrent is deprecated, it is called residual" in out.stderr
+    fit = run_cli(["fit", "--config", str(run / "config.yaml"), f"--data.cache_dir={data_cache}",
+                   "--trainer.max_epochs=1", "--trainer.logger.init_args.version=again"], cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    again = tmp_path / "runs" / "quick" / "again"
+    assert "recurrent: true" in (again / "config.yaml").read_text()  # the run's config, as it was given
+    net = torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["net"]
+    assert net["init_args"]["residual"] is True and "recurrent" not in net["init_args"]  # the new name
+    both = run_cli(["fit", "--config", "conf/egnn.yaml", "--model.net.init_args.residual=false",
+                    "--model.net.init_args.recurrent=true", "--trainer.logger=false"], cwd=tmp_path)
+    (line,) = error_lines(both.stderr)
+    assert both.returncode != 0 and "Traceback" not in both.stderr
+    assert "recurrent is the old name of residual: pass residual only" in line
 
 
 def test_the_old_class_names_still_import():

@@ -9,6 +9,7 @@ import pytest
 from cli_helpers import write_spec
 
 from set_lightning import lightning_cli
+from set_lightning.configs import CONF_DIR
 from set_lightning.errors import UserError
 from set_lightning.experiments.records import (
     RESULT_FILE,
@@ -97,3 +98,31 @@ def test_a_sweep_argument_that_does_not_parse_names_the_variant(tmp_path):
     path = write_spec(tmp_path, {"name": "s", "seeds": [0], "variants": {"typo": {"model.lrr": 0.1}}})
     with pytest.raises(UserError, match="variant 'typo': unknown key 'model.lrr'; did you mean 'model.lr'"):
         plan(load_spec(path), tmp_path / "out")
+
+
+#: the identity of ``--config conf/egnn.yaml --config conf/data/nbody5.yaml`` as commit 12b5566 computed it,
+#: before EGNN's ``recurrent`` was renamed ``residual`` (conf/egnn.yaml said ``recurrent: true``); the
+#: study's EGNN rows in results/history.jsonl were hashed the same way. A deliberate edit of
+#: conf/defaults.yaml, conf/egnn.yaml or conf/data/nbody5.yaml changes it (and every such run's identity)
+EGNN_NBODY5_BEFORE_RENAME = "598a9bbd018138a418b61c266805f0f043d36127ffce4bf005cf84e07d70fb2f"
+
+
+def test_a_renamed_setting_keeps_the_identity_it_had_before_the_rename():
+    resolver = ConfigResolver()
+    base = ["--config", str(CONF_DIR / "egnn.yaml"), "--config", str(CONF_DIR / "data" / "nbody5.yaml")]
+    new = resolver.resolve(base)
+    assert new["model"]["net"]["init_args"]["residual"] is True  # the config says residual now
+    identity, kept = config_identity(new)
+    assert identity == EGNN_NBODY5_BEFORE_RENAME
+    init_args = kept["model"]["net"]["init_args"]
+    assert init_args["recurrent"] is True and "residual" not in init_args  # hashed under the old name
+    assert config_identity(kept)[0] == identity  # a config recorded before the rename hashes the same
+    with pytest.warns(FutureWarning, match="recurrent is deprecated, it is called residual"):
+        from set_lightning.models import build_from_config
+
+        build_from_config({"class_path": "egnn", "init_args": {"hidden": 8, "n_layers": 1, "recurrent": True}})
+    # the old spelling, as a config written before the rename gives it, is the same run
+    assert config_identity(resolver.resolve([*base, "--model.net.init_args.recurrent=true"]))[0] == identity
+    off = config_identity(resolver.resolve([*base, "--model.net.init_args.residual=false"]))[0]
+    assert off != identity
+    assert config_identity(resolver.resolve([*base, "--model.net.init_args.recurrent=false"]))[0] == off

@@ -35,7 +35,7 @@ def test_models_record_their_init_arguments_and_rebuild_from_them():
 
     model = build_model("egnn", hidden=8, n_layers=2)
     assert model.hparams == {**{k: p.default for k, p in inspect.signature(models.EGNN.__init__).parameters.items()
-                                if k != "self"}, "hidden": 8, "n_layers": 2}
+                                if k not in ("self", "recurrent")}, "hidden": 8, "n_layers": 2}
     config = model.config()
     assert config["class_path"] == "set_lightning.models.egnn.EGNN"
     rebuilt = build_from_config(config)
@@ -89,6 +89,20 @@ def test_subclasses_record_their_own_arguments():
     assert Own(scale=3.0).hparams == {"scale": 3.0, "time": 0.7}
     with pytest.raises(TypeError, match=r"Forgets.__init__ does not record its arguments"):
         Forgets().config()
+
+
+@pytest.mark.parametrize("cls", [models.EGNN, models.EGCL], ids=lambda c: c.__name__)
+def test_recurrent_is_a_deprecated_name_of_residual(cls):
+    small = {"hidden": 8, "n_layers": 1} if cls is models.EGNN else {"hidden": 8, "n_heads": 2}
+    with pytest.warns(FutureWarning, match=rf"{cls.__name__}: recurrent is deprecated, it is called residual"):
+        old = cls(recurrent=False, **small)
+    new = cls(residual=False, **small)
+    layer = (lambda m: m.layers[0]) if cls is models.EGNN else (lambda m: m)
+    assert layer(old).residual is False and layer(new).residual is False
+    if cls is models.EGNN:
+        assert old.hparams == new.hparams and "recurrent" not in old.hparams and old.hparams["residual"] is False
+    with pytest.raises(ValueError, match=r"recurrent is the old name of residual: pass residual only"):
+        cls(residual=False, recurrent=True, **small)
 
 
 def test_unknown_name_lists_allowed():

@@ -147,9 +147,11 @@ class Ladder:
     def plan(self, unit: Unit) -> Planned:
         """Resolve ``unit``: identity, FLOPs per step (pinned in the flops table), steps and the worker's spec."""
         resolved = self.resolve(unit)
-        config_sha, _ = config_identity(resolved)
+        config_sha, kept = config_identity(resolved)
         net, data = resolved["model"]["net"], resolved["data"]
-        shape = {"net": net, "batch": data["batch_size"], "history": data["history"], "n": data["n_particles"]}
+        # the pinned FLOPs are keyed by the model as hashed (a renamed setting keeps its key)
+        shape = {"net": kept["model"]["net"], "batch": data["batch_size"], "history": data["history"],
+                 "n": data["n_particles"]}
         shape_key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
         if shape_key not in self._fingerprints:
             self._fingerprints[shape_key] = fingerprint(net, history=data["history"], n=data["n_particles"])

@@ -15,6 +15,12 @@ its numbers. Editing ``defaults.yaml`` or a config file, or changing an argument
 identity of every run it reaches, so a finished result can never be reused for a different config.
 What the identity does not see: the code (a model change keeps the identity; start a new ``--out``)
 and the hardware (``trainer.accelerator: auto`` is the same config on a CPU and on a GPU).
+
+**A rename keeps identities.** A setting renamed since identities were first recorded is hashed under
+the name it had then (:data:`RENAMED_FIELDS`: EGNN's ``residual`` is hashed as ``recurrent``), and its
+deprecated alias, which the resolved config also holds (``null`` unless a config still uses the old
+name), is folded into it: a config written with either name keeps the identity of the runs made
+before the rename, and ``resolved_config.json`` records the old name.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ NON_RESULT_FIELDS = (
     "data.cache_dir",
     "data.num_workers",
 )
+#: settings renamed since identities were first recorded: (the current dotted key, the class the
+#: ``class_path`` beside its ``init_args`` must name, or ``None`` for any) -> the key's last part as it
+#: was hashed (and is still accepted, as a deprecated alias) before the rename
+RENAMED_FIELDS: dict[tuple[str, Optional[str]], str] = {
+    ("model.net.init_args.residual", "set_lightning.models.egnn.EGNN"): "recurrent",
+}
 #: callbacks that only report: progress bars, model summaries, the learning-rate monitor, prediction
 #: files, the metrics CSV (and their subclasses)
 NON_RESULT_CALLBACKS = (
@@ -94,9 +106,41 @@ def _reports_only(callback: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, tuple(import_class(c) for c in NON_RESULT_CALLBACKS))
 
 
+def _is_class(class_path: Any, owner: str) -> bool:
+    """Whether ``class_path`` names ``owner`` or a subclass of it (a config may name it by any path)."""
+    from set_lightning.config_schema import import_class
+
+    try:
+        cls = import_class(str(class_path))
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, import_class(owner))
+
+
+def hashed_names(config: dict[str, Any]) -> None:
+    """Put each renamed setting of ``config`` (plain JSON values, changed in place) back under the name
+    it was hashed under (:data:`RENAMED_FIELDS`); a value given under the old name wins, as in the model."""
+    for (dotted, owner), old in RENAMED_FIELDS.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = config
+        holder: Any = None  # the mapping whose init_args hold the setting
+        for key in parents:
+            if key == "init_args":
+                holder = node
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if owner is not None and not (isinstance(holder, dict) and _is_class(holder.get("class_path"), owner)):
+            continue
+        value, alias = node.pop(leaf), node.pop(old, None)
+        node[old] = value if alias is None else alias
+
+
 def result_config(resolved: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that can change results (see the module docstring)."""
+    """The part of a resolved config that can change results, renamed settings under the names they are
+    hashed under (see the module docstring)."""
     out = json.loads(json.dumps(resolved, default=str))  # a deep copy of plain JSON values
+    hashed_names(out)
     for dotted in NON_RESULT_FIELDS:
         *parents, leaf = dotted.split(".")
         node = out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,27 @@ def require_dropout(dropout: float) -> None:
     """Raise a one-line :class:`UserError` unless ``dropout`` is a probability in ``[0, 1)``."""
     if not 0 <= dropout < 1:
         raise UserError(f"dropout must be in [0, 1) (the probability of zeroing a unit; 0 = none), got {dropout}")
+
+
+def renamed_argument(owner: str, name: str, value: Any, default: Any, old_name: str, old_value: Any) -> Any:
+    """The value of argument ``name`` of ``owner`` that was called ``old_name`` before a rename.
+
+    ``old_value`` is ``None`` when the old name is not given: ``value`` is the answer. Given, it is the
+    answer (with a ``FutureWarning`` naming the new name), unless ``name`` is given too, i.e. not at its
+    ``default`` (a config resolved by LightningCLI fills in every default, so a default ``value`` counts
+    as not given).
+
+    Raises:
+        UserError: both names are given.
+    """
+    if old_value is None:
+        return value
+    if value != default:
+        raise UserError(f"{owner}: {old_name} is the old name of {name}: pass {name} only (got {name}={value!r} "
+                        f"and {old_name}={old_value!r})")
+    warnings.warn(f"{owner}: {old_name} is deprecated, it is called {name} now (same meaning)", FutureWarning,
+                  stacklevel=3)
+    return old_value
 
 
 class NBodyModel(nn.Module):

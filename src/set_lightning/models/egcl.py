@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .base import renamed_argument
 from .fused import silu_linear
 from .graph import Graph
 from .layers import EPS, PairLinear, VectorOut
@@ -57,9 +58,10 @@ class EGCL(nn.Module):
         tanh: bound ``phi_x`` by ``coords_range * tanh``.
         coords_range: bound used with ``tanh``.
         coords_weight: constant ``C`` multiplying the aggregated coordinate update.
-        recurrent: residual node update ``h + phi_h`` (EGNN's ``recurrent``).
+        residual: residual node update ``h + phi_h`` (False: ``h' = phi_h``; EGNN's ``recurrent``).
         pre_norm: feed ``LayerNorm(h)`` (instead of ``h``) to ``phi_e``, ``phi_h`` and ``phi_v``; the residual
             stream stays un-normalised. Keeps deep stacks bounded (not in the EGNN reference).
+        recurrent: deprecated name of ``residual`` (EGNN's name for it).
 
     Shapes:
         h: ``(G, N, H)``, x: ``(G, N, 3)``, v: ``(G, N, 3)`` (None without ``velocity``), edge_attr:
@@ -70,13 +72,15 @@ class EGCL(nn.Module):
     def __init__(
         self, *, hidden: int = 64, edge_features: int = 2, attention: bool = True, n_heads: int = 4,
         equivariant: bool = True, velocity: bool = True, norm_diff: bool = True, tanh: bool = True,
-        coords_range: float = 15.0, coords_weight: float = 1.0, recurrent: bool = True, pre_norm: bool = False,
+        coords_range: float = 15.0, coords_weight: float = 1.0, residual: bool = True, pre_norm: bool = False,
+        recurrent: bool | None = None,
     ) -> None:
         super().__init__()
+        residual = renamed_argument("EGCL", "residual", residual, True, "recurrent", recurrent)
         if attention and hidden % n_heads:
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.attention, self.n_heads, self.equivariant = attention, n_heads, equivariant
-        self.norm_diff, self.coords_weight, self.recurrent = norm_diff, coords_weight, recurrent
+        self.norm_diff, self.coords_weight, self.residual = norm_diff, coords_weight, residual
         d_e = 1 + edge_features + (0 if equivariant else 3)
         self.edge_in = PairLinear(d_a=hidden, d_b=hidden, d_e=d_e, d_out=hidden)
         self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
@@ -171,4 +175,4 @@ class EGCL(nn.Module):
         else:
             agg = graph.masked(m).sum(-2)
         out = self.node_mlp(torch.cat([hn, agg.to(hn.dtype)], dim=-1))
-        return h + out if self.recurrent else out
+        return h + out if self.residual else out

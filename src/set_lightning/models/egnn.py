@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import GraphModel, require_sizes
+from .base import GraphModel, renamed_argument, require_sizes
 from .egcl import EGCL
 from .layers import VectorOut
 
@@ -27,7 +27,7 @@ class EGNN(GraphModel):
         hidden: feature width (reference 64).
         n_layers: number of E_GCL_vel layers (reference 4).
         coords_weight: multiplier of the aggregated coordinate update (reference 1.0).
-        recurrent: residual node updates (reference True).
+        residual: residual node updates ``h + phi_h`` (reference True; the reference calls it ``recurrent``).
         attention: softmax edge attention (False = reference summed messages).
         n_heads: attention heads, only with ``attention``.
         norm_diff: normalise coordinate differences (reference default False).
@@ -39,6 +39,7 @@ class EGNN(GraphModel):
         node_dim: node attribute columns (1: the charge, read through ``q_i q_j`` as in the reference;
             further columns are embedded beside ``|v|``).
         edge_dim: pair attribute channels read as edge features (1 for the springs' spring graph).
+        recurrent: deprecated name of ``residual`` (configs and checkpoints written before the rename).
 
     Shapes:
         x, v: ``(B, L, N, 3)`` (only the last frame is read), charges: ``(B, N, 1)``, node_attr:
@@ -47,12 +48,15 @@ class EGNN(GraphModel):
     """
 
     equivariant = True
+    renamed_args = {"recurrent": "residual"}
 
     def __init__(
-        self, *, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, recurrent: bool = True,
+        self, *, hidden: int = 64, n_layers: int = 4, coords_weight: float = 1.0, residual: bool = True,
         attention: bool = False, n_heads: int = 1, norm_diff: bool = False, tanh: bool = False,
         coords_range: float = 1.0, graph: str = "complete", k: int = 6, node_dim: int = 1, edge_dim: int = 0,
+        recurrent: bool | None = None,
     ) -> None:
+        residual = renamed_argument("EGNN", "residual", residual, True, "recurrent", recurrent)
         super().__init__()
         self.save_hparams(locals())
         self.init_graph(graph=graph, k=k, node_dim=node_dim, edge_dim=edge_dim)
@@ -61,7 +65,7 @@ class EGNN(GraphModel):
         self.layers = nn.ModuleList(
             EGCL(hidden=hidden, edge_features=2 + edge_dim, attention=attention, n_heads=n_heads, equivariant=True,
                  velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, coords_weight=coords_weight,
-                 recurrent=recurrent)
+                 residual=residual)
             for _ in range(n_layers)
         )
         self.head_v = VectorOut(d_in=hidden, n_vectors=2, d_hidden=hidden, equivariant=True)

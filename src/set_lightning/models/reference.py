@@ -126,7 +126,7 @@ def egcl(layer, h, x, v, edge_attr, adj=None):  # type: ignore[no-untyped-def]
     if layer.phi_v is not None:
         x = x + layer.phi_v(hn, v.unsqueeze(-2))
     out = layer.node_mlp(torch.cat([hn, agg], dim=-1))
-    return (h + out if layer.recurrent else out), x
+    return (h + out if layer.residual else out), x
 
 
 def etal(layer, h, x, u, batch):  # type: ignore[no-untyped-def]
