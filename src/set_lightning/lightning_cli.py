@@ -51,6 +51,7 @@ from set_lightning.settings import (
     canonical_model_names,
     check_config_files,
     class_name,
+    current_model_names,
     follow_data_dims,
     named_keys,
     reconcile_with_checkpoint,
@@ -193,6 +194,8 @@ class NBodyLightningCLI(LightningCLI):
             _check_ddp_devices(cfg.trainer)
         if self.ckpt_info is None:  # a checkpoint's model keeps the dims it was trained with
             follow_data_dims(cfg, named_keys(self.argv))
+        else:
+            current_model_names(cfg)
         if self.subcommand in (None, "fit"):
             _cap_log_every_n_steps(cfg)
         else:  # evaluation writes no checkpoints: that a run was moved since it wrote them is no news

@@ -6,6 +6,7 @@
 - :func:`check_config_files`: each ``--config`` file is YAML whose sections are mappings.
 - :func:`canonical_model_names`: ``--model.net set`` (any case) names the class.
 - :func:`named_keys`: the keys a command sets explicitly (what "given by the user" means above).
+- :func:`current_model_names`: a checkpoint's model arguments under their current names.
 """
 
 from __future__ import annotations
@@ -136,6 +137,28 @@ def reconcile_with_checkpoint(cfg: Any, defaults: Any, named: set[str], info: An
     if overridden:
         print("--allow_data_override: running on other data than the checkpoint was trained with: "
               + ", ".join(overridden))
+
+
+def current_model_names(cfg: Any) -> None:
+    """Put the values of ``model.net``'s arguments that a checkpoint written before a rename records under
+    their old names (``renamed_args`` of the model class) under the current names.
+
+    Lightning reads a checkpoint's hyper-parameters into the config as they are; the model would warn
+    that the old name is deprecated, which tells the user nothing to act on (the file is not theirs to
+    edit). An argument also set under its current name (not at its default) is left for the model to
+    refuse.
+    """
+    from set_lightning.models.registry import model_class
+
+    cls = model_class(cfg.get("model.net.class_path"))
+    init_args = cfg.get("model.net.init_args")
+    if cls is None or not isinstance(init_args, Namespace):
+        return
+    defaults = inspect.signature(cls.__init__).parameters
+    for old, new in cls.renamed_args.items():
+        value = init_args.get(old)
+        if value is not None and init_args.get(new, defaults[new].default) == defaults[new].default:
+            init_args[new], init_args[old] = value, None
 
 
 def follow_data_dims(cfg: Any, named: set[str]) -> None:
