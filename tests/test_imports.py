@@ -12,7 +12,8 @@ PACKAGE = Path(set_lightning.__file__).parent
 #: layer of each module (by name prefix, longest first); a module may import its own layer or lower ones
 LAYERS = {
     "set_lightning.__main__": 0,
-    "set_lightning.cli": 0,
+    "set_lightning.entry": 0,
+    "set_lightning.cli": 0,  # the entry point's deprecated name
     "set_lightning.experiments": 1,
     "set_lightning.lightning_cli": 2,
     "set_lightning.config_schema": 2,

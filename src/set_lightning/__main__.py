@@ -1,4 +1,4 @@
-from set_lightning.cli import main
+from set_lightning.entry import main
 
 if __name__ == "__main__":
     main()

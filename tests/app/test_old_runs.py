@@ -57,8 +57,15 @@ def test_an_egnn_written_with_recurrent_still_tests_and_its_config_still_fits(tm
     assert "recurrent is the old name of residual: pass residual only" in line
 
 
-def test_the_old_class_names_still_import():
+def test_the_old_names_still_import():
+    import warnings
+
+    from set_lightning import entry
     from set_lightning.lightning_cli import NBodyLightningCLI, SETLightningCLI
     from set_lightning.lit import NBodyLightningModule, SETLightningModule
 
     assert SETLightningModule is NBodyLightningModule and SETLightningCLI is NBodyLightningCLI
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from set_lightning.cli import main
+    assert main is entry.main

@@ -1,6 +1,6 @@
 """Options a new user reaches for must just work, and every bad input is one ``error:`` line.
 
-Run in-process through the entry point (``set_lightning.cli.main``): each bad input exits 1 with exactly
+Run in-process through the entry point (``set_lightning.entry.main``): each bad input exits 1 with exactly
 one ``error:`` line naming the field, and leaves what was already written as it was.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cli_helpers import error_lines, run_cli, tiny_args
-from set_lightning.cli import main
+from set_lightning.entry import main
 
 
 @pytest.fixture(autouse=True)

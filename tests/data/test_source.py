@@ -10,7 +10,7 @@ import pytest
 import torch
 from cli_helpers import tiny_args
 
-from set_lightning.cli import main
+from set_lightning.entry import main
 from set_lightning.data import NBodyDataModule, load_source
 
 WINDOW = {"input_frame": 4, "target_frame": 7, "history": 3, "batch_size": 4}
