@@ -3,13 +3,15 @@
 Each (model, seed) trains under a :class:`~set_lightning.callbacks.TimeBudget` of ``--budget-min``
 minutes of training compute (validation excluded), with ``max_epochs`` unbounded and any cosine
 schedule decaying to the budget; then the best-validation checkpoint is tested. Runs go one per
-process (one torch thread each), ``--parallel`` at a time, under ``runs/time_to_accuracy/``.
+process (one torch thread each), ``--parallel`` at a time, under ``runs/time_to_accuracy/``, through
+the local runner (:func:`set_lightning.experiments.local.run_local`; each run's output in its
+``stdout.log``).
 
 Every finished run appends its rows to ``results/time_to_accuracy.jsonl`` at once (one row per
 validation, then one ``"final": true`` row) and its per-trajectory test errors to
 ``results/time_to_accuracy_per_traj.jsonl``; runs already there are skipped, so a study accumulates
-across sessions. ``--report-only`` rebuilds ``results/time_to_accuracy.md`` and ``.png`` from those
-files alone.
+across sessions (a run is its model label, seed and budget: the rows record no config identity).
+``--report-only`` rebuilds ``results/time_to_accuracy.md`` and ``.png`` from those files alone.
 
     python benchmarks/time_to_accuracy.py --budget-min 10 --seeds 0 1 2 --parallel 2   # every model
     python benchmarks/time_to_accuracy.py --budget-min 10 --models EGNN "SET L=1"      # some of them
@@ -28,14 +30,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from set_lightning.experiments.ladder import slug
+from set_lightning.experiments.local import run_local
 from set_lightning.experiments.tta_report import (
     CHARGED_CLOSE_NOTE,
     TTA_THRESHOLDS,
@@ -133,13 +133,9 @@ STUDIES = {
     ),
 }
 COMMON = {"trainer.max_epochs": -1, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
-_lock = threading.Lock()
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    """Append whole lines (the runner's threads take turns: rows of two runs never interleave)."""
-    with _lock:
-        append_jsonl(path, rows)
+#: what the runner is told of every run's trainer: a budget of CPU seconds, so no run gets a GPU slice of
+#: its own (the processes see the machine's devices as they are)
+CPU_TRAINER = {"accelerator": "cpu", "devices": 1}
 
 
 def _run_spec(study: StudyDef, label: str, variant: dict, seed: int, run_dir: Path):
@@ -150,22 +146,9 @@ def _run_spec(study: StudyDef, label: str, variant: dict, seed: int, run_dir: Pa
                        overrides={**COMMON, **study.data_overrides})
 
 
-def run_unit(study: StudyDef, label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path,
-             runs: Path) -> str:
-    """Train, test and record one (model, seed); returns a one-line status."""
-    run_dir = runs / slug(label) / f"seed_{seed}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
-    _run_spec(study, label, variant, seed, run_dir).save()  # run_dir/run.json: what the worker runs
-    cmd = [sys.executable, __file__, "--worker", str(run_dir), "--budget-s", str(budget_s), "--clock", clock]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    (run_dir / "log.txt").write_text(proc.stdout + proc.stderr)
-    result_file = run_dir / "result.json"
-    if proc.returncode != 0 or not result_file.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        return f"FAILED {label} seed {seed}: " + " | ".join(tail)
-    result = json.loads(result_file.read_text())
+def record_unit(label: str, variant: dict, seed: int, budget_s: float, clock: str, out: Path, run_dir: Path) -> str:
+    """Append the rows of one finished (model, seed) from its run folder; returns a one-line status."""
+    result = json.loads((run_dir / "result.json").read_text())
     config = {"variant": variant, "budget_s": budget_s, "clock": clock}
     rows = [{"model": label, "config": config, "seed": seed, "val_pos_mse": r.pop("pos_mse"), **r}
             for r in read_jsonl(run_dir / "curve.jsonl")]
@@ -174,9 +157,33 @@ def run_unit(study: StudyDef, label: str, variant: dict, seed: int, budget_s: fl
              "best_val_pos_mse": result["best_val_pos_mse"], "test_pos_mse": result["test_pos_mse"],
              **{f"test_{k}": v for k, v in result["test"].items() if k != "pos_mse"}}
     per = json.loads((run_dir / "per_traj_test.json").read_text())
-    _append_jsonl(out.with_suffix(".jsonl"), [*rows, final])
-    _append_jsonl(out.parent / f"{out.name}_per_traj.jsonl", [{"model": label, "config": config, "seed": seed, **per}])
+    append_jsonl(out.with_suffix(".jsonl"), [*rows, final])
+    append_jsonl(out.parent / f"{out.name}_per_traj.jsonl", [{"model": label, "config": config, "seed": seed, **per}])
     return f"done {label} seed {seed}: test {final['test_pos_mse']:.5f} after {result['epochs']} epochs"
+
+
+def run_units(study: StudyDef, todo: list, budget_s: float, clock: str, out: Path, runs: Path, parallel: int) -> None:
+    """Train, test and record each ``(label, variant, seed)`` of ``todo`` with the local runner, ``parallel``
+    at a time, printing a status line as each finishes (in the order they finish)."""
+    units, specs = {}, []
+    for label, variant, seed in todo:
+        run_dir = runs / slug(label) / f"seed_{seed}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # an interrupted unit restarts (it is at most one budget long)
+        spec = _run_spec(study, label, variant, seed, run_dir)
+        units[spec.run_dir] = (label, variant, seed)
+        specs.append(spec)
+
+    def done(spec, result, failure: str) -> None:
+        label, variant, seed = units[spec.run_dir]
+        status = (record_unit(label, variant, seed, budget_s, clock, out, spec.run_dir) if result is not None
+                  else f"FAILED {label} seed {seed}: {failure}")
+        print(status, flush=True)
+
+    def command(spec) -> list[str]:
+        return [sys.executable, __file__, "--worker", str(spec.run_dir), "--budget-s", str(budget_s), "--clock", clock]
+
+    run_local(specs, [CPU_TRAINER] * len(specs), parallel, threads=1, on_done=done, command=command)
 
 
 def worker(run_dir: str, budget_s: float, clock: str) -> None:
@@ -224,10 +231,7 @@ def main() -> None:
                 if (label, seed, budget_s) not in done]
         print(f"{len(todo)} runs to do ({len(done)} finished), budget {budget_s:.0f} s each, {opts.parallel} at a time")
         _prepare_data(study, todo)
-        runs = REPO / "runs" / out.name
-        with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
-            for status in pool.map(lambda t: run_unit(study, *t, budget_s, opts.clock, out, runs), todo):
-                print(status, flush=True)
+        run_units(study, todo, budget_s, opts.clock, out, REPO / "runs" / out.name, opts.parallel)
     time_to_accuracy_report(out, study.sections, study.preamble, study.thresholds, study.close_note)
 
 

@@ -87,3 +87,41 @@ def test_without_per_trajectory_errors_the_paired_table_is_left_out(tmp_path):
     (tmp_path / "tta_per_traj.jsonl").write_text("")
     text = time_to_accuracy_report(out, [("Headline", ["A", "B"], "A")])
     assert "Paired with" not in text and "| B |" in text
+
+
+def test_the_benchmark_runs_its_units_through_the_local_runner(tmp_path, monkeypatch, capsys):
+    """benchmarks/time_to_accuracy.py hands its runs to run_local (its worker command, one thread each) and
+    records a finished run's rows; a run that left no result is one FAILED line and no row."""
+    from benchmarks import time_to_accuracy as tta
+    from set_lightning.experiments import local
+
+    seen = []
+
+    def fake_execute(run, env, command):  # stands in for the worker process
+        cmd = command(run)
+        seen.append((cmd[1:], env["OMP_NUM_THREADS"]))
+        if run.seed == 1:
+            return run, None, "exit code 1; see stdout.log"
+        (run.run_dir / "curve.jsonl").parent.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "curve.jsonl").write_text(json.dumps({"step": 3, "train_s": 1.0, "pos_mse": 0.5}) + "\n")
+        (run.run_dir / "per_traj_test.json").write_text(json.dumps({"pos_mse": [0.1, 0.2]}))
+        result = {"n_params": 7, "epochs": 1, "best_epoch": 0, "best_val_pos_mse": 0.5, "test_pos_mse": 0.15,
+                  "test": {"pos_mse": 0.15, "vel_mse": 0.3}}
+        (run.run_dir / "result.json").write_text(json.dumps(result))
+        return run, result, ""
+
+    monkeypatch.setattr(local, "_execute", fake_execute)
+    study, variant, out = tta.STUDIES["nbody5"], tta.VARIANTS["EGNN"], tmp_path / "results" / "tta"
+    out.parent.mkdir()
+    tta.run_units(study, [("EGNN", variant, 0), ("EGNN", variant, 1)], 6.0, "process", out, tmp_path / "runs", 1)
+    assert sorted(seen) == [([tta.__file__, "--worker", str(tmp_path / "runs" / "egnn" / f"seed_{s}"), "--budget-s",
+                              "6.0", "--clock", "process"], "1") for s in (0, 1)]
+    printed = capsys.readouterr().out
+    assert "done EGNN seed 0: test 0.15000 after 1 epochs" in printed
+    assert "FAILED EGNN seed 1: exit code 1" in printed
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    config = {"variant": variant, "budget_s": 6.0, "clock": "process"}
+    assert rows == [{"model": "EGNN", "config": config, "seed": 0, "val_pos_mse": 0.5, "step": 3, "train_s": 1.0},
+                    {"final": True, "model": "EGNN", "config": config, "seed": 0, "budget_s": 6.0, "n_params": 7,
+                     "epochs": 1, "best_epoch": 0, "best_val_pos_mse": 0.5, "test_pos_mse": 0.15,
+                     "test_vel_mse": 0.3}]
