@@ -50,6 +50,7 @@ NON_RESULT_FIELDS = (
     "trainer.model_registry",
     "data.cache_dir",
     "data.num_workers",
+    "model.net.init_args.activation_checkpointing",  # SET's memory for compute trade: the same numbers
 )
 #: callbacks that only report: progress bars, model summaries, the learning-rate monitor, prediction
 #: files, the metrics CSV (and their subclasses)
