@@ -200,6 +200,65 @@ def run_bf16(args: argparse.Namespace, device: torch.device, log: Callable) -> l
     return lines + [""]
 
 
+def run_checkpointing(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """SET's step time and activation memory with and without activation checkpointing, at N = 5 and 20."""
+    b = args.batch or (20 if args.quick else 100)
+    lines = ["## Activation checkpointing (--checkpointing)", "",
+             "SET (conf, L=10) with `--model.net.init_args.activation_checkpointing true` (each EGCL, ETAL and "
+             "feed-forward keeps only its inputs and runs again in the backward pass; the same numbers, bit for "
+             "bit: tests/models/test_checkpointing.py) against the default, timed round-robin. Activation "
+             "memory as in the tables (tensors saved for backward by one forward pass).", "",
+             "| N | B | step ms | with checkpointing ms | time ratio | activation MiB | with checkpointing: kept + largest layer MiB | "
+             "memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    for n in (5, 20):
+        shape = [f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        cases = [Case("set", shape, "{model}"),
+                 Case("set", [*shape, "--model.net.init_args.activation_checkpointing=true"], "{model} ckpt")]
+        steppers = [Stepper(c, device) for c in cases]
+        largest = largest_layer_mib(steppers[0])
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        plain, ckpt = (c.result for c in cases)
+        peak = ckpt["act_mib"] + largest
+        lines.append(f"| {n} | {b} | {plain['ms']:,.1f} | {ckpt['ms']:,.1f} | {ckpt['ms'] / plain['ms']:.2f}x | "
+                     f"{plain['act_mib']:,.1f} | {ckpt['act_mib']:,.1f} + {largest:,.1f} = {peak:,.1f} | "
+                     f"{plain['act_mib'] / peak:.1f}x less |")
+    return lines + ["", "With checkpointing the backward pass holds the kept inputs plus the insides of the one "
+                    "layer it recomputes: kept + largest layer (that layer's saved tensors without checkpointing).",
+                    ""]
+
+
+def largest_layer_mib(stepper: Stepper) -> float:
+    """MiB saved for backward inside the largest single layer (EGCL, ETAL or feed-forward) of a SET."""
+    layers = [m for block in stepper.module.net.blocks for m in (*block.egcls, block.etal, block.ff) if m is not None]
+    current: list[int] = []
+    per_layer: dict[int, dict[int, int]] = {i: {} for i in range(len(layers))}
+    def enter(i: int) -> Callable:
+        return lambda *_: current.append(i)  # list.append returns None: the inputs are kept
+
+    def leave(*_: Any) -> None:
+        current.pop()
+
+    hooks = [m.register_forward_pre_hook(enter(i)) for i, m in enumerate(layers)]
+    hooks += [m.register_forward_hook(leave) for m in layers]
+    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if current and storage.data_ptr() not in params:
+            per_layer[current[-1]][storage.data_ptr()] = storage.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = stepper.loss()
+        loss.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        stepper.opt.zero_grad(set_to_none=True)
+    return max(sum(d.values()) for d in per_layer.values()) / 2**20
+
+
 # ----------------------------------------------------------------------------------------------------------
 # profiling
 # ----------------------------------------------------------------------------------------------------------
@@ -348,6 +407,8 @@ def main() -> None:
                         help="no speed tables: only the modes asked for")
     parser.add_argument("--flops", action="store_true", help="achieved GFLOP/s of SET and EGNN vs the matmul peak")
     parser.add_argument("--bf16", action="store_true", help="bf16-mixed autocast step time vs fp32")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="SET with activation checkpointing vs without: step time and activation memory")
     parser.add_argument("--cores", action="store_true",
                         help="SET on 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP over 2 gloo processes")
     parser.add_argument("--cores-steps", type=int, default=None, help="timed steps of --cores (default 20; 3 quick)")
@@ -398,6 +459,8 @@ def main() -> None:
         parts.append(("--flops", args.output, lambda: header + run_flops(args, device, log)))
     if args.bf16:
         parts.append(("--bf16", args.output, lambda: header + run_bf16(args, device, log)))
+    if args.checkpointing:
+        parts.append(("--checkpointing", args.output, lambda: header + run_checkpointing(args, device, log)))
     if args.cores:
         parts.append(("--cores", args.output, lambda: header + run_cores(args, log)))
     if args.baseline:

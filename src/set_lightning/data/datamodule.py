@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from set_lightning.data.cache import SPECS, SYSTEMS, Spec, Trajectories, load_or_generate
-from set_lightning.data.datasets import NBodyDataset
+from set_lightning.data.datasets import NBodyDataset, collate
 from set_lightning.data.source import load_source, split_source
 from set_lightning.errors import UserError
 
@@ -361,6 +361,7 @@ class NBodyDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate,  # the dataset's __getitems__ batches are already collated
         )
 
     def train_dataloader(self) -> DataLoader:

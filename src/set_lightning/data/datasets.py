@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from set_lightning.data.cache import Trajectories
 from set_lightning.errors import UserError
 
-__all__ = ["CLOSE_ENCOUNTER", "NBodyDataset", "min_pair_distance"]
+__all__ = ["CLOSE_ENCOUNTER", "Batched", "NBodyDataset", "collate", "min_pair_distance"]
 
 #: Trajectories whose two closest particles come nearer than this (over the saved frames from the
 #: input to the target frame) are "close encounters": there the Coulomb force 1/r^2 exceeds 100,
@@ -79,7 +79,8 @@ class NBodyDataset(Dataset):
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index: int | Tensor) -> dict[str, Tensor]:
+        """One sample (an ``int`` index), or a whole batch (a 1-D index tensor: each tensor gains the axis ``B``)."""
         item = {
             "x": self.x[index],
             "v": self.v[index],
@@ -92,6 +93,23 @@ class NBodyDataset(Dataset):
         if self.x_path is not None:
             item["x_path"] = self.x_path[index]
         return item
+
+    def __getitems__(self, indices: list[int]) -> Batched:
+        """A batch in one indexing per tensor (what a DataLoader calls instead of ``__getitem__`` per sample).
+
+        Equal, value for value, to stacking the samples (``default_collate``), without a Python call and a
+        copy per sample; :func:`collate` passes it through.
+        """
+        return Batched(self[torch.as_tensor(indices, dtype=torch.long)])
+
+
+class Batched(dict):
+    """A batch already collated by :meth:`NBodyDataset.__getitems__` (a dict of tensors with the axis ``B``)."""
+
+
+def collate(samples: Batched | list) -> dict:
+    """The DataLoader's ``collate_fn``: a :class:`Batched` batch as it is, anything else by ``default_collate``."""
+    return dict(samples) if isinstance(samples, Batched) else default_collate(samples)
 
 
 def min_pair_distance(x: Tensor, max_elements: int = 1 << 24) -> Tensor:

@@ -56,6 +56,7 @@ NON_RESULT_FIELDS = (
     "trainer.model_registry",
     "data.cache_dir",
     "data.num_workers",
+    "model.net.init_args.activation_checkpointing",  # SET's memory for compute trade: the same numbers
 )
 #: settings renamed since identities were first recorded: (the current dotted key, the class the
 #: ``class_path`` beside its ``init_args`` must name, or ``None`` for any) -> the key's last part as it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .base import GraphModel, require_dropout, require_sizes
@@ -33,6 +34,8 @@ class SETBlock(nn.Module):
         coords_range: bound used with ``tanh``.
         ff_mult: width multiplier of the feed-forward.
         edge_features: number of edge features of the EGCLs (2 + the model's ``edge_dim``).
+        activation_checkpointing: while gradients are recorded, keep only each layer's (EGCL, ETAL,
+            feed-forward) inputs and recompute its insides in the backward pass (see :class:`SET`).
 
     Shapes:
         h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_features)`` on the edges of ``graph``
@@ -43,9 +46,10 @@ class SETBlock(nn.Module):
         self, *, hidden: int = 64, n_spatial_layers: int = 2, n_heads: int = 4, dropout: float = 0.1,
         equivariant: bool = True, spatial_attention: bool = True, temporal_attention: bool = True,
         adjacency: bool = False, norm_diff: bool = True, tanh: bool = True, coords_range: float = 15.0,
-        ff_mult: int = 2, edge_features: int = 2,
+        ff_mult: int = 2, edge_features: int = 2, activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         self.egcls = nn.ModuleList(
             EGCL(hidden=hidden, edge_features=edge_features, attention=spatial_attention, n_heads=n_heads, equivariant=equivariant,
                  velocity=True, norm_diff=norm_diff, tanh=tanh, coords_range=coords_range, pre_norm=True)
@@ -65,11 +69,22 @@ class SETBlock(nn.Module):
         self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int,
         graph: Graph | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        run = self.recomputed if self.activation_checkpointing and torch.is_grad_enabled() else self.called
         for egcl in self.egcls:
-            h, x = egcl(h, x, u, edge_attr, graph)
+            h, x = run(egcl, h, x, u, edge_attr, graph)
         if self.etal is not None:
-            h, x, u = self.etal(h, x, u, batch)
-        return h + self.ff(h), x, u
+            h, x, u = run(self.etal, h, x, u, batch)
+        return h + run(self.ff, h), x, u
+
+    @staticmethod
+    def called(layer: nn.Module, *args: object) -> object:
+        return layer(*args)
+
+    @staticmethod
+    def recomputed(layer: nn.Module, *args: object) -> object:
+        """``layer(*args)``, its intermediate tensors recomputed in the backward pass instead of stored
+        (the random state is replayed, so dropout draws the same masks: the same numbers)."""
+        return checkpoint(layer, *args, use_reentrant=False, preserve_rng_state=True)
 
 
 class SET(GraphModel):
@@ -125,6 +140,10 @@ class SET(GraphModel):
         node_dim: node attribute columns read (1: the charge; a file's ``node_attr`` may have more).
         edge_dim: pair attribute channels read as edge features (1 for the springs' spring graph).
         readout: ``mean`` (the time average of every frame, the paper's) or ``last`` (the last frame).
+        activation_checkpointing: trade compute for memory in training: each EGCL, ETAL and feed-forward
+            keeps only its inputs for the backward pass and runs again there (the same numbers, bit for
+            bit; about a third more compute, a fraction of the activation memory: ``results/speed.md``).
+            Not part of a run's identity (it cannot change results).
 
     Shapes:
         x, v: ``(B, L, N, 3)``, charges: ``(B, N, 1)``, node_attr: ``(B, N, node_dim)``, edge_attr:
@@ -139,7 +158,7 @@ class SET(GraphModel):
         dropout: float = 0.1, equivariant: bool = True, spatial_attention: bool = True,
         temporal_attention: bool = True, adjacency: bool = False, norm_diff: bool = True, tanh: bool = True,
         coords_range: float = 15.0, ff_mult: int = 2, graph: str = "complete", k: int = 6, node_dim: int = 1,
-        edge_dim: int = 0, readout: str = "mean",
+        edge_dim: int = 0, readout: str = "mean", activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hparams(locals())
@@ -162,7 +181,8 @@ class SET(GraphModel):
             SETBlock(hidden=hidden, n_spatial_layers=n_spatial_layers, n_heads=n_heads, dropout=dropout,
                      equivariant=equivariant, spatial_attention=spatial_attention,
                      temporal_attention=temporal_attention, adjacency=adjacency, norm_diff=norm_diff, tanh=tanh,
-                     coords_range=coords_range, ff_mult=ff_mult, edge_features=2 + edge_dim)
+                     coords_range=coords_range, ff_mult=ff_mult, edge_features=2 + edge_dim,
+                     activation_checkpointing=activation_checkpointing)
             for _ in range(n_blocks)
         )
         self.out_norm = nn.LayerNorm(hidden)
