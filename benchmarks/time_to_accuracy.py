@@ -186,17 +186,28 @@ def run_units(study: StudyDef, todo: list, budget_s: float, clock: str, out: Pat
     run_local(specs, [CPU_TRAINER] * len(specs), parallel, threads=1, on_done=done, command=command)
 
 
+#: what a run folder records of the machine, code revision and budget that trained it (read by ship_models.py)
+TRAINED_BY_FILE = "trained_by.json"
+
+
 def worker(run_dir: str, budget_s: float, clock: str) -> None:
-    """One run in this process: fit under the budget (curve to curve.jsonl), then test."""
+    """One run in this process: fit under the budget (curve to curve.jsonl), then test; ``trained_by.json``
+    records the machine and code revision, the budget and the training seconds it spent."""
     import torch
 
     from set_lightning.callbacks import TimeBudget
+    from set_lightning.compute import machine_info
     from set_lightning.experiments import worker as run_worker
     from set_lightning.experiments.spec import RunSpec
+    from set_lightning.files import write_text_atomic
 
     torch.set_num_threads(1)
     budget = TimeBudget(budget_s, clock=clock, curve_file=str(Path(run_dir) / "curve.jsonl"))
+    machine = machine_info()
     run_worker.run(RunSpec.load(run_dir), callbacks=[budget])
+    write_text_atomic(Path(run_dir) / TRAINED_BY_FILE, json.dumps(
+        {"machine": machine, "revision": machine["revision"], "budget_s": budget_s, "clock": clock,
+         "train_s": round(budget.spent, 3)}, indent=1, sort_keys=True) + "\n")
 
 
 def main() -> None:
