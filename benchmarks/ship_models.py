@@ -145,6 +145,8 @@ def ship_run(run_dir: Path, label: str, name: str, test_slice: int | None = None
         raise SystemExit(f"error: {name}: re-evaluated test MSE {test['pos_mse']} != the run's {result['test_pos_mse']}")
     hp, data = ckpt["hyper_parameters"], ckpt["datamodule_hyper_parameters"]
     curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines() if line.strip()]
+    if not curve:
+        raise SystemExit(f"error: {run_dir / 'curve.jsonl'} holds no validation: not a finished time_to_accuracy.py run")
     machine = trained_by["machine"]
     row = {
         "file": dest.name, "sha256": file_sha256(dest), "model": label,
@@ -158,9 +160,11 @@ def ship_run(run_dir: Path, label: str, name: str, test_slice: int | None = None
         "budget": (f"{trained_by['budget_s']:g} {'CPU' if trained_by['clock'] == 'process' else 'wall-clock'} seconds "
                    f"of training, {machine['threads']} thread, on {machine['cpu']} ({machine['cpu_capability']}), "
                    "validation excluded"),
-        "steps": curve[-1]["step"] if curve else ckpt["global_step"], "epochs": result["epochs"],
+        "steps": curve[-1]["step"], "epochs": result["epochs"],
         "best_step": ckpt["global_step"], "best_epoch": ckpt["epoch"], "best_val_pos_mse": result["best_val_pos_mse"],
-        "trained_by": {"revision": trained_by["revision"], "machine": machine, "train_cpu_s": trained_by["train_s"],
+        # the budget's clock at the last validation, which follows the step that spent the budget (the curve is
+        # written as the run goes; a trained_by.json of 464bc7f read the clock after the test restored it)
+        "trained_by": {"revision": trained_by["revision"], "machine": machine, "train_cpu_s": curve[-1]["train_s"],
                        "config_sha256": result.get("config_sha256")},
         "test": {k: test[k] for k in METRICS},
         "evaluate": f"python -m set_lightning test --ckpt_path {name}",

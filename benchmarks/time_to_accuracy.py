@@ -194,6 +194,7 @@ def worker(run_dir: str, budget_s: float, clock: str) -> None:
     """One run in this process: fit under the budget (curve to curve.jsonl), then test; ``trained_by.json``
     records the machine and code revision, the budget and the training seconds it spent."""
     import torch
+    from lightning.pytorch.callbacks import LambdaCallback
 
     from set_lightning.callbacks import TimeBudget
     from set_lightning.compute import machine_info
@@ -204,10 +205,12 @@ def worker(run_dir: str, budget_s: float, clock: str) -> None:
     torch.set_num_threads(1)
     budget = TimeBudget(budget_s, clock=clock, curve_file=str(Path(run_dir) / "curve.jsonl"))
     machine = machine_info()
-    run_worker.run(RunSpec.load(run_dir), callbacks=[budget])
+    spent: dict[str, float] = {}  # read when training ends: testing the best checkpoint restores its clock
+    at_end = LambdaCallback(on_train_end=lambda trainer, module: spent.setdefault("train_s", budget.spent))
+    run_worker.run(RunSpec.load(run_dir), callbacks=[budget, at_end])
     write_text_atomic(Path(run_dir) / TRAINED_BY_FILE, json.dumps(
         {"machine": machine, "revision": machine["revision"], "budget_s": budget_s, "clock": clock,
-         "train_s": round(budget.spent, 3)}, indent=1, sort_keys=True) + "\n")
+         "train_s": round(spent["train_s"], 3)}, indent=1, sort_keys=True) + "\n")
 
 
 def main() -> None:

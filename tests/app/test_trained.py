@@ -105,6 +105,8 @@ def test_a_time_to_accuracy_run_ships_with_its_budget_and_machine(tmp_path, data
     trained_by = json.loads((run_dir / tta.TRAINED_BY_FILE).read_text())
     assert trained_by["budget_s"] == 0.5 and trained_by["clock"] == "process" and trained_by["train_s"] >= 0.5
     assert {"cpu", "threads", "revision"} <= set(trained_by["machine"])
+    curve = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines()]
+    assert trained_by["train_s"] == pytest.approx(curve[-1]["train_s"], abs=0.01)  # at train end, not after the test
 
     row = ship_models.ship_run(run_dir, "EGNN", "tiny_springs", test_slice=3, trained_dir=tmp_path / "trained")
     path = tmp_path / "trained" / "tiny_springs.ckpt"
@@ -117,3 +119,4 @@ def test_a_time_to_accuracy_run_ships_with_its_budget_and_machine(tmp_path, data
     assert row["data"]["system"] == "springs" and "cache_dir" not in row["data"]
     assert row["test_slice"]["n_test"] == 3 and METRICS <= set(row["test_slice"])
     assert row["trained_by"]["revision"] == trained_by["revision"]
+    assert row["trained_by"]["train_cpu_s"] == curve[-1]["train_s"] and row["steps"] == curve[-1]["step"]
