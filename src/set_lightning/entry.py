@@ -37,8 +37,8 @@ def print_help(file: Any = None) -> None:
     if shipped:
         lines += ["", "shipped trained models (--ckpt_path NAME with validate, test, predict; "
                       "python -m set_lightning test --ckpt_path NAME reproduces its test MSE):"]
-        lines += [f"  {name:<22} {e['model']} ({e['n_params']} params), test MSE {e['test']['pos_mse']:.5g}"
-                  for name, e in shipped.items()]
+        lines += [f"  {name:<22} {e['model']} ({e['n_params']} params) on {e['data']['system']} "
+                  f"N={e['data']['n_particles']}, test MSE {e['test']['pos_mse']:.5g}" for name, e in shipped.items()]
     lines += ["", f"'{prog} <subcommand> --help' lists a subcommand's options; "
                   f"'{prog} fit --print_config' prints the full default configuration."]
     print("\n".join(lines), file=file or sys.stdout)
