@@ -12,11 +12,13 @@ from set_lightning.trained import TRAINED_DIR, file_sha256, manifest
 
 SHIPPED = manifest()
 HEADLINE = ("set_l10_nbody5", "set_l1_nbody5", "egnn_nbody5")
+#: the models of README's other-systems table (benchmarks/ship_models.py --study springs5 / gravity100)
+OTHER_SYSTEMS = ("egnn_springs5", "set_l1_springs5", "egnn_gravity100", "set_l1_gravity100")
 METRICS = {"pos_mse", "pos_mse_median", "pos_mse_p90", "pos_mse_p99"}
 
 
 def test_the_headline_models_ship_within_the_size_limit():
-    assert set(HEADLINE) <= set(SHIPPED), sorted(SHIPPED)
+    assert set(HEADLINE) | set(OTHER_SYSTEMS) <= set(SHIPPED), sorted(SHIPPED)
     total = sum((TRAINED_DIR / e["file"]).stat().st_size for e in SHIPPED.values())
     assert total < 20 * 2**20, total
     for name, entry in SHIPPED.items():
