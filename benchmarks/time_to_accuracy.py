@@ -5,7 +5,9 @@ minutes of training compute (validation excluded), with ``max_epochs`` unbounded
 schedule decaying to the budget; then the best-validation checkpoint is tested. Runs go one per
 process (one torch thread each), ``--parallel`` at a time, under ``runs/time_to_accuracy/``, through
 the local runner (:func:`set_lightning.experiments.local.run_local`; each run's output in its
-``stdout.log``).
+``stdout.log``). A run folder ``runs/<study>/<model>/seed_<s>/`` keeps its checkpoints (``checkpoints/best-*.ckpt``,
+the best validation) and ``trained_by.json`` (machine, code revision, budget and the seconds spent):
+``benchmarks/ship_models.py --study <study>`` ships a model from it.
 
 Every finished run appends its rows to ``results/time_to_accuracy.jsonl`` at once (one row per
 validation, then one ``"final": true`` row) and its per-trajectory test errors to
