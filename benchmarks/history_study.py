@@ -132,12 +132,13 @@ class Study:
         return Unit(arm, recipe, {**(variant or ARMS[arm]), **extra}, seed, rung * self.t)
 
     def best_history_arm(self) -> Optional[str]:
-        """SET L=10 with the readout whose mean test MSE at T over the 5 seeds is lower."""
+        """SET L=10 with the readout whose mean best validation MSE at T over the 5 seeds is lower (chosen by
+        validation, as every choice of the study: the test split only reports)."""
         means = {}
         for arm in ("SET L=10", "SET L=10, last readout"):
             recipe = self.chosen_recipe(arm)
-            vals = [r["test_pos_mse"] for r in self.ladder.rows() if r["arm"] == arm and r["budget_tflop"] == self.t
-                    and r["recipe"] == recipe]
+            vals = [r["best_val_pos_mse"] for r in self.ladder.rows() if r["arm"] == arm
+                    and r["budget_tflop"] == self.t and r["recipe"] == recipe]
             if len(vals) < len(SEEDS):
                 return None
             means[arm] = sum(vals) / len(vals)

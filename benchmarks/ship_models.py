@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["SET L=10", "SET L=1", "EGNN"], choices=sorted(NAMES))
     parser.add_argument("--results", default=str(REPO / "results" / "history"))
     parser.add_argument("--recipe-tflop", type=float, default=10.0, help="the recipe search's rung (default 10)")
+    parser.add_argument("--last-rung", action="store_true",
+                        help="the rung is the one the study ends on (the manifest then calls the models final)")
     parser.add_argument("--study", choices=sorted({s for s, _ in STUDY_NAMES}),
                         help="ship from time_to_accuracy.py's run folders of this study instead")
     parser.add_argument("--models", nargs="+", help="--study: the model labels (default: all that ship from it)")
@@ -236,7 +238,9 @@ def main() -> None:
         entries[NAMES[arm]]["status"] = (
             (f"recipe final; the best-validation seed of the {seeds} finished at {opts.tflop:g} TFLOP" if final else
              f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} TFLOP")
-            + ("; replaced when more seeds and rungs finish" if seeds < 5 or not final else ""))
+            + ("" if opts.last_rung and seeds >= 5 and final else
+               "; replaced when more seeds finish" if opts.last_rung else
+               "; replaced from the ladder's higher rungs as they finish"))
         print(f"{NAMES[arm]}: test {entries[NAMES[arm]]['test']['pos_mse']:.6g}", flush=True)
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 

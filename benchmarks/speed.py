@@ -186,17 +186,20 @@ def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> 
 def run_bf16(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
     """Step time with the forward and loss under bf16 autocast vs fp32 (SET and EGNN as configured)."""
     size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
-    cases = [Case(name, size_args, "{model} (conf, L={L})", bf16=bf16)
-             for name in ("set", "egnn") for bf16 in (False, True)]
-    time_group(cases, device, args.repeats, args.budget, log)
+    shapes = [("set", size_args), ("egnn", size_args), ("set", [*size_args, "--data.n_particles=20"])]
+    cases = [Case(name, shape, "{model} (conf, L={L})", bf16=bf16) for name, shape in shapes for bf16 in (False, True)]
+    for pair in (cases[:4], cases[4:]):  # N = 5 side by side, then N = 20
+        time_group(pair, device, args.repeats, args.budget, log)
     lines = ["## bf16-mixed vs fp32 (--bf16)", "",
              "The same training step with the forward and the loss under `torch.autocast(bfloat16)` (as "
              "`--trainer.precision bf16-mixed`), timed round-robin with the fp32 step. CPU capability: "
              f"{torch.backends.cpu.get_cpu_capability()}.", "",
-             "| model | N | L | B | fp32 step ms | bf16-mixed step ms | bf16 / fp32 |", "|---|---|---|---|---|---|---|"]
+             "| model | N | L | B | fp32 step ms | bf16-mixed step ms | bf16 / fp32 | fp32 activation MiB | "
+             "bf16-mixed activation MiB |", "|---|---|---|---|---|---|---|---|---|"]
     for fp32, bf16 in zip(cases[::2], cases[1::2]):
-        lines.append(f"| {fp32.label} | {fp32.n} | {fp32.ell} | {fp32.batch} | {fp32.result['ms']:.1f} | "
-                     f"{bf16.result['ms']:.1f} | {bf16.result['ms'] / fp32.result['ms']:.2f} |")
+        lines.append(f"| {fp32.label} | {fp32.n} | {fp32.ell} | {fp32.batch} | {fp32.result['ms']:,.1f} | "
+                     f"{bf16.result['ms']:,.1f} | {bf16.result['ms'] / fp32.result['ms']:.2f} | "
+                     f"{fp32.result['act_mib']:,.1f} | {bf16.result['act_mib']:,.1f} |")
     return lines + [""]
 
 

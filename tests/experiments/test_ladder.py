@@ -17,6 +17,7 @@ from set_lightning.experiments.ladder_report import (
     history_report,
 )
 from set_lightning.experiments.stats import (
+    change_se,
     first_converged,
     hierarchical_ratio,
     ladder_verdicts,
@@ -41,6 +42,22 @@ def test_a_curve_still_falling_at_2T_is_not_converged_and_a_flat_one_is():
     assert [v.verdict for v in gap] == ["unknown", "unknown"]
     # rising after 2T (over-fitting) by more than the tolerance is not converged either
     assert ladder_verdicts({10: 0.010, 20: 0.011})[0].verdict == "not converged"
+
+
+def test_the_change_carries_its_seed_noise():
+    # no spread, no error; the error grows with the seeds' spread and shrinks with their number
+    assert change_se([1.0, 1.0, 1.0], [0.9, 0.9, 0.9]) == 0.0
+    few = change_se([0.9, 1.0, 1.1], [0.9, 1.0, 1.1])
+    many = change_se([0.9, 1.0, 1.1] * 4, [0.9, 1.0, 1.1] * 4)
+    assert few == pytest.approx(np.sqrt(2 * 0.01 / 3))  # s = 0.1 on a mean of 1, three seeds per rung
+    assert many < few / 2 and change_se([0.8, 1.0, 1.2], [0.8, 1.0, 1.2]) == pytest.approx(2 * few)
+    assert np.isnan(change_se([1.0], [1.0, 1.1]))
+    # by simulation: the spread of the change between two rungs of 5 noisy seeds with the same mean
+    rng = np.random.default_rng(0)
+    draws = rng.normal(1.0, 0.15, size=(20000, 2, 5))
+    changes = draws[:, 1].mean(1) / draws[:, 0].mean(1) - 1
+    assert change_se(draws[0, 0], draws[0, 1]) == pytest.approx(changes.std(), rel=0.5)
+    assert changes.std() > 2 * 0.02  # 15% seed noise hides a 2% tolerance at 5 seeds
 
 
 # ---------------------------------------------------------------------------------------------- the bootstrap
@@ -186,7 +203,7 @@ def test_the_report_tables_the_ladder_and_leaves_stale_rows_out(tmp_path):
     text = history_report(out, t=10.0, headline=("SET L=10", "SET L=1", "EGNN"))
     assert "1 row(s) of an older model function" in text
     ladder_lines = [line for line in text.splitlines() if line.startswith("| SET L=10 | lr=0.0005 | 10 |")]
-    assert len(ladder_lines) == 1 and "not converged (-20.0% at 20)" in ladder_lines[0]
+    assert len(ladder_lines) == 1 and "not converged (-20.0% ± 0.6% at 20)" in ladder_lines[0]
     assert any(line.startswith("| SET L=1 | lr=0.0005 | 10 |") and "| converged" in line for line in text.splitlines())
     comp = [line for line in text.splitlines() if line.startswith("| 20 | SET L=10 | SET L=1 |")]
     assert len(comp) == 1

@@ -21,6 +21,7 @@ from set_lightning.errors import UserError
 from set_lightning.experiments.stats import (
     CONVERGED_TOL,
     benjamini_hochberg,
+    change_se,
     hierarchical_ratio,
     ladder_verdicts,
     paired_comparison,
@@ -227,7 +228,12 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                 continue
             v = verdicts[b]
             verdict_of[(arm, b)] = v.verdict
-            change = "" if v.change is None else f" ({v.change:+.1%} at {2 * b:g})"
+            if v.change is None:
+                change = ""
+            else:
+                se = change_se([r["best_val_pos_mse"] for r in rows],
+                               [r["best_val_pos_mse"] for r in lr.cell(arm, recipe, 2 * b)])
+                change = f" ({v.change:+.1%}" + ("" if np.isnan(se) else f" ± {se:.1%}") + f" at {2 * b:g})"
             ladder_rows.append([
                 arm, recipe or "–", f"{b:g}", str(len(rows)), str(rows[0]["steps"]),
                 _ms([r["best_val_pos_mse"] for r in rows]), v.verdict + change,
@@ -236,8 +242,11 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                 cpu_seconds(rows),
             ])
     md += ["", "## The ladder", "",
-           "Mean ± std over seeds. Distribution columns: per-trajectory test MSE, averaged over seeds. CPU-s: "
-           "training seconds of one run on one thread (validation excluded).", "",
+           "Mean ± std over seeds. Verdict: the change of the mean best validation MSE at twice the budget "
+           "± its standard error from the seeds' spread (`stats.change_se`); where that error is as large as "
+           "the 2% tolerance, the verdict is within the noise of the seeds. Distribution columns: "
+           "per-trajectory test MSE, averaged over seeds. CPU-s: training seconds of one run on one thread "
+           "(validation excluded).", "",
            *_table(["model", "recipe", "TFLOP", "seeds", "steps", "best val MSE", "verdict", "test MSE",
                     "median", "p90", "p99", "max", "CPU-s"], ladder_rows)]
 

@@ -116,6 +116,22 @@ def ladder_verdicts(means: Mapping[float, float], tol: float = CONVERGED_TOL) ->
     return out
 
 
+def change_se(at_t: Sequence[float], at_2t: Sequence[float]) -> float:
+    """Standard error of the relative change ``mean(at_2t) / mean(at_t) - 1`` from the seeds' spread.
+
+    Delta method, the two rungs' seeds taken as independent: ``r * sqrt(s_2t^2 / (n_2t m_2t^2) + s_t^2 /
+    (n_t m_t^2))`` with ``r = m_2t / m_t``, ``s`` the sample standard deviations. NaN with fewer than two
+    seeds on either rung. Beside the ladder's verdict it says whether a change of the size of the tolerance
+    can be told from seed noise at all.
+    """
+    a, b = np.asarray(at_t, dtype=float), np.asarray(at_2t, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    ma, mb = a.mean(), b.mean()
+    rel = np.var(b, ddof=1) / (len(b) * mb**2) + np.var(a, ddof=1) / (len(a) * ma**2)
+    return float(mb / ma * np.sqrt(rel))
+
+
 def first_converged(verdicts: Sequence[Verdict]) -> Optional[float]:
     """The lowest budget judged converged, or ``None``."""
     return next((v.budget for v in verdicts if v.verdict == "converged"), None)
