@@ -49,7 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: the data of every run: the N = 5 benchmark split (3000 / 2000 / 2000); the model files own the history
 BENCHMARK_DATA = ["conf/data/nbody5.yaml"]
-SET_RECIPE = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30}
+#: the readout pinned to the one conf/set.yaml had when these rows were made (the shipped config now reads
+#: out at the last frame; a rerun of this superseded study must train what its rows recorded)
+SET_RECIPE = {"config": "conf/set.yaml", "model.vel_weight": 0.0, "model.warmup_steps": 30,
+              "model.net.init_args.readout": "mean"}
 SMALL_SIZE = {"model.net.init_args.n_blocks": 1, "model.net.init_args.n_spatial_layers": 1}
 ABLATED = {**SET_RECIPE, **SMALL_SIZE, "data.history": 5}  # the SET variant the ablation flips flags of
 #: an exponential moving average of the weights (Lightning's callback; validated and tested with the average)
