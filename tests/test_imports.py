@@ -21,6 +21,7 @@ LAYERS = {
     "set_lightning.lit": 3,
     "set_lightning.callbacks": 3,
     "set_lightning.checkpoints": 3,
+    "set_lightning.resume": 3,
     "set_lightning.compute": 3,  # FLOPs, machine, fingerprint: builds models
     "set_lightning.models": 4,
     "set_lightning.data": 4,

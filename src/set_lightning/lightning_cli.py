@@ -47,6 +47,7 @@ from set_lightning.errors import UserError
 from set_lightning.files import unwritable_reason
 from set_lightning.lit import NBodyLightningModule
 from set_lightning.quiet import silence_lightning_noise
+from set_lightning.resume import LastIsLatest
 from set_lightning.settings import (
     canonical_model_names,
     check_config_files,
@@ -236,6 +237,7 @@ class NBodyLightningCLI(LightningCLI):
         if self.subcommand == "fit" and self.ckpt_info is None and _is_dir_logger(logger_cfg) \
                 and logger_cfg.init_args.version is None:  # a new, numbered run folder
             callbacks.append(RemoveRunOnError())
+        callbacks.append(LastIsLatest())  # a fit resumes from its latest validation, not its last best
         kwargs.setdefault("enable_model_summary", False)  # the callbacks above decide
         return super().instantiate_trainer(callbacks=callbacks, **{**self.trainer_kwargs, **kwargs})
 
