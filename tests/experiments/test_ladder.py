@@ -229,3 +229,22 @@ def test_a_unit_runs_end_to_end_and_is_then_skipped(tmp_path, data_cache):
     per = [json.loads(line) for line in ladder.per_traj_file.read_text().splitlines()]
     assert per[0]["run_id"] == planned.run_id and len(per[0]["pos_mse"]) == 50
     assert pending(ladder, [unit]) == []
+
+
+def test_a_rung_still_running_is_not_judged_from_its_first_seeds(tmp_path):
+    out = tmp_path / "study"
+    rows = [_row(arm="SET L=10", budget=10.0, seed=s, test=0.010 + 0.001 * s) for s in range(3)]
+    rows.append(_row(arm="SET L=10", budget=20.0, seed=0, test=0.0101))  # would read "converged" on its own
+    per = [{"run_id": r["run_id"], "pos_mse": [r["test_pos_mse"]] * 4} for r in rows]
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "study_per_traj.jsonl").write_text("".join(json.dumps(p) + "\n" for p in per))
+    text = history_report(out, t=10.0, headline=("SET L=10",))
+    line = next(line for line in text.splitlines() if line.startswith("| SET L=10 | lr=0.0005 | 10 |"))
+    assert "unknown (20: 1 of 3 seeds)" in line and "converged" not in line
+    rows += [_row(arm="SET L=10", budget=20.0, seed=s, test=0.0101 + 0.001 * s) for s in (1, 2)]
+    per = [{"run_id": r["run_id"], "pos_mse": [r["test_pos_mse"]] * 4} for r in rows]
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "study_per_traj.jsonl").write_text("".join(json.dumps(p) + "\n" for p in per))
+    line = next(line for line in history_report(out, t=10.0, headline=("SET L=10",)).splitlines()
+                if line.startswith("| SET L=10 | lr=0.0005 | 10 |"))
+    assert "| converged (+0.9%" in line

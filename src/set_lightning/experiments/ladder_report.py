@@ -20,6 +20,7 @@ import numpy as np
 from set_lightning.errors import UserError
 from set_lightning.experiments.stats import (
     CONVERGED_TOL,
+    Verdict,
     benjamini_hochberg,
     change_se,
     hierarchical_ratio,
@@ -219,14 +220,18 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
     ladder_rows, verdict_of = [], {}
     for arm in lr.arms():
         recipe = chosen.get(arm)
+        # a rung is judged only against a complete one: as many seeds as the arm's fullest rung (a verdict from
+        # the first seed of a rung still running would be a different, noisier statistic)
+        n_full = max((len(lr.cell(arm, recipe, b)) for b in budgets), default=0)
         means = {b: float(np.mean([r["best_val_pos_mse"] for r in lr.cell(arm, recipe, b)]))
-                 for b in budgets if lr.cell(arm, recipe, b)}
+                 for b in budgets if len(lr.cell(arm, recipe, b)) >= n_full > 0}
         verdicts = {v.budget: v for v in ladder_verdicts(means)}
         for b in budgets:
             rows = lr.cell(arm, recipe, b)
             if not rows:
                 continue
-            v = verdicts[b]
+            v = verdicts.get(b) or Verdict(b, "unknown", None)
+            partial = [c for c in (b, 2 * b) if 0 < len(lr.cell(arm, recipe, c)) < n_full]
             verdict_of[(arm, b)] = v.verdict
             if v.change is None:
                 change = ""
@@ -234,6 +239,8 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                 se = change_se([r["best_val_pos_mse"] for r in rows],
                                [r["best_val_pos_mse"] for r in lr.cell(arm, recipe, 2 * b)])
                 change = f" ({v.change:+.1%}" + ("" if np.isnan(se) else f" ± {se:.1%}") + f" at {2 * b:g})"
+            if partial:
+                change += "".join(f" ({c:g}: {len(lr.cell(arm, recipe, c))} of {n_full} seeds)" for c in partial)
             ladder_rows.append([
                 arm, recipe or "–", f"{b:g}", str(len(rows)), str(rows[0]["steps"]),
                 _ms([r["best_val_pos_mse"] for r in rows]), v.verdict + change,
