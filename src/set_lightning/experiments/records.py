@@ -17,7 +17,7 @@ What the identity does not see: the code (a model change keeps the identity; sta
 and the hardware (``trainer.accelerator: auto`` is the same config on a CPU and on a GPU).
 
 **A rename keeps identities.** A setting renamed since identities were first recorded is hashed under
-the name it had then (:data:`RENAMED_FIELDS`: EGNN's ``residual`` is hashed as ``recurrent``), and its
+the name it had then (:func:`renamed_fields`, from the models' ``renamed_args``: EGNN's ``residual`` is hashed as ``recurrent``), and its
 deprecated alias, which the resolved config also holds (``null`` unless a config still uses the old
 name), is folded into it: a config written with either name keeps the identity of the runs made
 before the rename, and ``resolved_config.json`` records the old name.
@@ -58,12 +58,22 @@ NON_RESULT_FIELDS = (
     "data.num_workers",
     "model.net.init_args.activation_checkpointing",  # SET's memory for compute trade: the same numbers
 )
-#: settings renamed since identities were first recorded: (the current dotted key, the class the
-#: ``class_path`` beside its ``init_args`` must name, or ``None`` for any) -> the key's last part as it
-#: was hashed (and is still accepted, as a deprecated alias) before the rename
-RENAMED_FIELDS: dict[tuple[str, Optional[str]], str] = {
-    ("model.net.init_args.residual", "set_lightning.models.egnn.EGNN"): "recurrent",
-}
+
+
+def renamed_fields() -> dict[tuple[str, Optional[str]], str]:
+    """Settings renamed since identities were first recorded: (the current dotted key, the class the
+    ``class_path`` beside its ``init_args`` must name, or ``None`` for any) -> the key's last part as it was
+    hashed (and is still accepted, as a deprecated alias) before the rename.
+
+    Read from the registered models' ``renamed_args`` (EGNN: ``recurrent`` -> ``residual``), the one place a
+    model's rename is recorded, so the identity follows every rename its model accepts.
+    """
+    from set_lightning.models.registry import MODELS
+
+    return {(f"model.net.init_args.{new}", f"{cls.__module__}.{cls.__qualname__}"): old
+            for cls in MODELS.values() for old, new in cls.renamed_args.items()}
+
+
 #: callbacks that only report: progress bars, model summaries, the learning-rate monitor, prediction
 #: files, the metrics CSV (and their subclasses)
 NON_RESULT_CALLBACKS = (
@@ -120,8 +130,8 @@ def _is_class(class_path: Any, owner: str) -> bool:
 
 def hashed_names(config: dict[str, Any]) -> None:
     """Put each renamed setting of ``config`` (plain JSON values, changed in place) back under the name
-    it was hashed under (:data:`RENAMED_FIELDS`); a value given under the old name wins, as in the model."""
-    for (dotted, owner), old in RENAMED_FIELDS.items():
+    it was hashed under (:func:`renamed_fields`); a value given under the old name wins, as in the model."""
+    for (dotted, owner), old in renamed_fields().items():
         *parents, leaf = dotted.split(".")
         node: Any = config
         holder: Any = None  # the mapping whose init_args hold the setting
