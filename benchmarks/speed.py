@@ -80,6 +80,7 @@ from step_harness import (  # benchmarks/step_harness.py: the timing harness
 from two_cores import run_cores  # benchmarks/two_cores.py
 
 from set_lightning.compute import cpu_flags, cpu_model
+from set_lightning.saved_tensors import saved_for_backward
 
 SCRIPT = "benchmarks/speed.py"
 FULL = dict(n_sweep=(5, 20, 30, 100), l_sweep=(1, 5, 10, 20), batch=100, big_n_batch={100: 10})
@@ -233,33 +234,13 @@ def run_checkpointing(args: argparse.Namespace, device: torch.device, log: Calla
 def largest_layer_mib(stepper: Stepper) -> float:
     """MiB saved for backward inside the largest single layer (EGCL, ETAL or feed-forward) of a SET."""
     layers = [m for block in stepper.module.net.blocks for m in (*block.egcls, block.etal, block.ff) if m is not None]
-    current: list[int] = []
-    per_layer: dict[int, dict[int, int]] = {i: {} for i in range(len(layers))}
-    def enter(i: int) -> Callable:
-        return lambda *_: current.append(i)  # list.append returns None: the inputs are kept
-
-    def leave(*_: Any) -> None:
-        current.pop()
-
-    hooks = [m.register_forward_pre_hook(enter(i)) for i, m in enumerate(layers)]
-    hooks += [m.register_forward_hook(leave) for m in layers]
-    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if current and storage.data_ptr() not in params:
-            per_layer[current[-1]][storage.data_ptr()] = storage.nbytes()
-        return t
-
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_for_backward(stepper.module, layers) as saved:
             loss = stepper.loss()
         loss.backward()
     finally:
-        for h in hooks:
-            h.remove()
         stepper.opt.zero_grad(set_to_none=True)
-    return max(sum(d.values()) for d in per_layer.values()) / 2**20
+    return saved.largest_layer / 2**20
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from set_lightning.data import sample_initial_conditions, simulate_charged
 from set_lightning.lightning_cli import make_cli
 from set_lightning.lit import NBodyLightningModule
+from set_lightning.saved_tensors import saved_for_backward
 
 REPO = Path(__file__).resolve().parents[1]
 #: the models, by the name of their config file (the registry's names): conf/<name>.yaml
@@ -102,21 +103,12 @@ class Stepper:
 
 def activation_mib(stepper: Stepper) -> float:
     """MiB of the distinct storages saved for backward in one forward pass (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in stepper.module.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            saved[s.data_ptr()] = s.nbytes()
-        return t
-
     stepper.opt.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward(stepper.module) as saved:
         loss = stepper.loss()
     loss.backward()
     stepper.opt.zero_grad(set_to_none=True)
-    return sum(saved.values()) / 2**20
+    return saved.total / 2**20
 
 
 def cuda_peak_mib(case: Case) -> float | None:

@@ -8,6 +8,7 @@ import torch
 from model_helpers import ALL_FLAG_COMBOS, TINY_SET, combo_id, random_inputs
 from set_lightning.experiments.records import config_identity
 from set_lightning.models import SET
+from set_lightning.saved_tensors import saved_for_backward
 
 
 def _outputs_and_grads(model: SET, seed: int = 5):
@@ -45,18 +46,11 @@ def test_same_numbers_on_a_knn_graph_and_with_dropout(graph):
 
 
 def _saved_bytes(model: SET) -> int:
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in params:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     x, v, q = random_inputs(b=4, ell=6, n=8, dtype=torch.float32)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x, v, q)[0].sum().backward()
-    return sum(saved.values())
+    with saved_for_backward(model) as saved:
+        out = model(x, v, q)[0].sum()
+    out.backward()
+    return saved.total
 
 
 def test_keeps_a_fraction_of_the_activations():
