@@ -13,11 +13,16 @@ Stages, in the order they run (a stage that needs an earlier one's answer waits 
 2. ``headline``: the three with their best recipe (lowest best validation MSE), seeds 0-4, T.
 3. ``readout``: SET L=10 read out at the last frame, seeds 0-4, T.
 4. ``2T``: stages 2 and 3 at 2T.
-5. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, seeds 0-4, T and 2T.
-6. ``4T``: stage 4 at 4T.
-7. ``ablation``: the best history model (its better readout) with one flag flipped, 3 seeds, at its
-   first converged rung (else its top finished rung); "no temporal attention" uses the last-frame readout.
-8. ``8T``: the headline at 8T where 4T was not converged.
+5. ``4T``: the models of stage 4 still improving at 2T (not converged at T), at 4T.
+6. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, seeds 0-4, T and 2T.
+7. ``8T``: the models still improving at 4T (not converged at 2T), at 8T (the top rung).
+8. ``ablation``: the best history model (its better readout) with one flag flipped, 3 seeds, at its
+   first settled rung (converged or no gain; 8T if it improves to the top); "no temporal attention" uses
+   the last-frame readout.
+
+The ladder climbs a model only while doubling pays: rung ``4R`` runs where ``2R`` beat ``R`` by 2% or more
+(``stats.ladder_verdicts``); a model that is converged, or does worse at ``2R`` (``no gain``: it over-fits
+with its recipe), has its answer at ``R`` or below.
 
     python benchmarks/history_study.py --plan                 # what remains, in CPU-hours on this machine
     python benchmarks/history_study.py --parallel 2           # run it (stops and resumes at will)
@@ -86,7 +91,9 @@ PAIRS = [("SET L=10", "SET L=1"), ("SET L=10", "EGNN"), ("SET L=1", "EGNN"),
          ("SET L=10, last readout", "EGNN"),
          ("SET L=10 (1 block x 1 EGCL)", "SET L=10"), ("SET L=1 (1 block x 1 EGCL)", "SET L=1"),
          ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
-STAGES = ("recipe", "headline", "readout", "2T", "size", "4T", "ablation", "8T")
+STAGES = ("recipe", "headline", "readout", "2T", "4T", "size", "8T", "ablation")
+#: the ladder's top rung (a multiple of T)
+TOP_RUNG = 8
 
 
 class Study:
@@ -154,12 +161,13 @@ class Study:
         return {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
 
     def ablation_rung(self, arm: str) -> Optional[float]:
-        """The first converged rung (as a multiple of T) of ``arm``, else its top rung with 5 seeds."""
+        """The first settled rung (converged or no gain; as a multiple of T) of ``arm``; if it is still improving
+        at the ladder's top, that rung (:data:`TOP_RUNG`); ``None`` while its climb is under way."""
         full = self.full_rung_means(arm)
-        if not full:
-            return None
         conv = first_converged(ladder_verdicts(full))
-        return (conv if conv is not None else max(full)) / self.t
+        if conv is not None:
+            return conv / self.t
+        return TOP_RUNG if any(abs(b - TOP_RUNG * self.t) < 1e-9 for b in full) else None
 
     def units(self, stage: str) -> list[Optional[Unit]]:
         """The stage's units (``None`` for those waiting on an earlier stage's answer)."""
@@ -171,9 +179,10 @@ class Study:
             return [self.unit(arm, s, 1) for s in SEEDS for arm in HEADLINE]
         if stage == "readout":
             return [self.unit("SET L=10, last readout", s, 1) for s in SEEDS]
-        if stage in ("2T", "4T"):
-            rung = int(stage[0])
-            return [self.unit(arm, s, rung) for s in SEEDS for arm in readout_arms]
+        if stage == "2T":
+            return [self.unit(arm, s, 2) for s in SEEDS for arm in readout_arms]
+        if stage in ("4T", "8T"):
+            return self.climb(int(stage[0]), readout_arms)
         if stage == "size":
             return [self.unit(arm, s, rung) for rung in (1, 2) for s in SEEDS
                     for arm in ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
@@ -186,14 +195,23 @@ class Study:
             extra = self.recipes(RECIPE_OF.get(best, best))[recipe]
             return [Unit(f"{best}: {label}", recipe, {**ARMS[best], **flip, **extra}, s, rung * self.t)
                     for label, flip in FLIPS.items() for s in ABLATION_SEEDS]
-        if stage == "8T":
-            verdicts = self._verdicts_at(4)
-            return [self.unit(arm, s, 8) for arm in HEADLINE if verdicts.get(arm) != "converged" for s in SEEDS]
         raise ValueError(stage)
 
-    def _verdicts_at(self, rung: int) -> dict[str, str]:
-        return {arm: next((v.verdict for v in ladder_verdicts(self.full_rung_means(arm)) if v.budget == rung * self.t),
-                          "unknown") for arm in HEADLINE}
+    def climb(self, rung: int, arms: tuple[str, ...]) -> list[Optional[Unit]]:
+        """The units of ``rung`` (a multiple of T: 4, 8, ...): every seed of each arm still improving at the rung
+        below (its verdict at ``rung / 4`` is ``not converged``: ``rung / 2`` beat it by the tolerance or more);
+        ``None`` (waiting) for an arm whose verdict there is unknown yet; nothing for an arm settled (converged
+        or no gain) at or below ``rung / 4``."""
+        below = rung // 4 * self.t
+        out: list[Optional[Unit]] = []
+        for arm in arms:
+            verdicts = ladder_verdicts(self.full_rung_means(arm))
+            settled = first_converged(verdicts)
+            verdict = next((v.verdict for v in verdicts if v.budget == below), "unknown")
+            if settled is not None and settled <= below:
+                continue
+            out += ([self.unit(arm, s, rung) for s in SEEDS] if verdict == "not converged" else [None] * len(SEEDS))
+        return out
 
 
 def print_plan(study: Study, stages: list[str], arms: Optional[list[str]] = None) -> None:

@@ -1,6 +1,6 @@
 """The study script's decisions (benchmarks/history_study.py): the learning-rate search extends past a
 winning edge, each model's recipe and the history model of the ablation are chosen by validation (never
-by test), and the 8T rung runs only where 4T is not converged."""
+by test), and the ladder climbs a model (4T, 8T) only while doubling its budget pays."""
 
 from __future__ import annotations
 
@@ -65,17 +65,54 @@ def test_recipes_and_the_ablation_model_are_chosen_by_validation_not_test(study)
     assert study.best_history_arm() == "SET L=10"  # lower validation; the other's better test is not read
 
 
-def test_the_ablation_waits_for_its_model_and_8T_runs_only_where_4T_is_not_converged(study):
-    rows = study.ladder
-    assert all(u is None for u in study.units("ablation"))
+def _chosen(study: hs.Study) -> None:
     for arm in hs.HEADLINE:
-        for name, extra in study.recipes(arm).items():
-            rows.add(arm, name, 0, 10.0, 0.01 if name == "lr=0.0005" else 0.02)
+        for name in study.recipes(arm):
+            study.ladder.add(arm, name, 0, 10.0, 0.01 if name == "lr=0.0005" else 0.02)
     assert {arm: study.chosen_recipe(arm) for arm in hs.HEADLINE} == dict.fromkeys(hs.HEADLINE, "lr=0.0005")
-    for seed in hs.SEEDS:
-        for rung, (converging, falling) in {4: (0.0100, 0.0100), 8: (0.0100, 0.0080)}.items():
-            rows.add("SET L=10", "lr=0.0005", seed, 10.0 * rung, converging)
-            rows.add("SET L=1", "lr=0.0005", seed, 10.0 * rung, falling)
+
+
+def _rung(study: hs.Study, arm: str, rung: int, val: float, seeds=hs.SEEDS) -> None:
+    for seed in seeds:
+        study.ladder.add(arm, "lr=0.0005", seed, 10.0 * rung, val)
+
+
+def test_the_ladder_climbs_only_the_models_still_improving(study):
+    _chosen(study)
+    assert all(u is None for u in study.units("4T")) and all(u is None for u in study.units("8T"))
+    arms = {"SET L=10": (0.0100, 0.0090, 0.0080, 0.0079),  # falling at 2T and 4T, flat at 8T
+            "SET L=1": (0.0100, 0.0110, 0.0200, 0.0300),  # worse at 2T: over-fits, no gain
+            "EGNN": (0.0100, 0.0099, 0.0050, 0.0040)}  # flat at 2T: converged at T (what follows is not run)
+    for arm, curve in arms.items():
+        _rung(study, arm, 1, curve[0])
+        _rung(study, arm, 2, curve[1], seeds=hs.SEEDS[:-1])  # 2T incomplete: every verdict at T waits
+    assert [u for u in study.units("4T") if u is not None] == []
+    for arm, curve in arms.items():
+        _rung(study, arm, 2, curve[1], seeds=hs.SEEDS[-1:])
+    four = study.units("4T")
+    # SET L=10 climbs; the last readout arm has no rows (waits); SET L=1 (no gain) and EGNN (converged) stop
+    assert {u.arm for u in four if u is not None} == {"SET L=10"} and sum(u is None for u in four) == len(hs.SEEDS)
+    assert {u.budget_tflop for u in four if u is not None} == {40.0} and len(four) == 2 * len(hs.SEEDS)
+    assert all(u is None for u in study.units("8T") if u is None or u.arm == "SET L=10")  # waits for 4T
+    _rung(study, "SET L=10", 4, arms["SET L=10"][2])
     eight = [u for u in study.units("8T") if u is not None]
-    assert {u.arm for u in eight} == {"SET L=1", "EGNN"}  # EGNN: unknown at 4T, so it runs
-    assert len(eight) == 2 * len(hs.SEEDS) and {u.budget_tflop for u in eight} == {80.0}
+    assert {u.arm for u in eight} == {"SET L=10"} and {u.budget_tflop for u in eight} == {80.0}
+    # the settled arms never wait for rungs they will not run
+    assert sum(u is None for u in study.units("8T")) == len(hs.SEEDS)  # only the readout arm, still unknown
+
+
+def test_the_ablation_waits_for_its_model_and_runs_at_its_first_settled_rung(study):
+    assert all(u is None for u in study.units("ablation"))
+    _chosen(study)
+    for arm, val in (("SET L=10", 0.0050), ("SET L=10, last readout", 0.0070)):
+        _rung(study, arm, 1, val)
+    assert all(u is None for u in study.units("ablation"))  # its climb has not started: wait
+    for rung, val in ((2, 0.0045), (4, 0.0040)):
+        _rung(study, "SET L=10", rung, val)
+    assert all(u is None for u in study.units("ablation"))  # still improving at 4T: wait for 8T
+    _rung(study, "SET L=10", 8, 0.0041)  # no better at 8T: settled at 4T
+    units = study.units("ablation")
+    assert all(u is not None for u in units) and {u.budget_tflop for u in units} == {40.0}
+    assert len(units) == len(hs.FLIPS) * len(hs.ABLATION_SEEDS) and all(u.arm.startswith("SET L=10: ") for u in units)
+    _rung(study, "SET L=10", 8, 0.0030)  # had 8T kept improving (the mean of both runs: 4T still not converged)
+    assert {u.budget_tflop for u in study.units("ablation")} == {80.0}  # ... the top rung

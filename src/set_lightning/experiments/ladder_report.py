@@ -250,8 +250,11 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
             ])
     md += ["", "## The ladder", "",
            "Mean ± std over seeds. Verdict: the change of the mean best validation MSE at twice the budget "
-           "± its standard error from the seeds' spread (`stats.change_se`); where that error is as large as "
-           "the 2% tolerance, the verdict is within the noise of the seeds. Distribution columns: "
+           "± its standard error from the seeds' spread (`stats.change_se`): *converged* within ±2%, *not "
+           "converged* where twice the budget did better by 2% or more (the next rung runs), *no gain* where it "
+           "did worse by 2% or more (the model over-fits with its recipe: its answer is this rung; the ladder "
+           "does not climb it further). Where that error is as large as the 2% tolerance, the verdict is within "
+           "the noise of the seeds. Distribution columns: "
            "per-trajectory test MSE, averaged over seeds. CPU-s: training seconds of one run on one thread "
            "(validation excluded).", "",
            *_table(["model", "recipe", "TFLOP", "seeds", "steps", "best val MSE", "verdict", "test MSE",

@@ -1,8 +1,9 @@
 """Statistics of a budget-ladder study: the convergence rule and a two-level bootstrap of a ratio of means.
 
 * :func:`ladder_verdicts`: a configuration is *converged* at budget ``T`` when doubling the budget
-  changes its mean best validation MSE by less than ``tol`` (2%); *not converged* when it changes
-  by more; *unknown* while the next rung is missing.
+  changes its mean best validation MSE by less than ``tol`` (2%); *not converged* when the doubled
+  budget does better by more; *no gain* when it does worse by more (the model over-fits with its
+  recipe: like a converged one, it is not climbed further); *unknown* while the next rung is missing.
 * :func:`welch_p_value`, :func:`paired_comparison`, :func:`benjamini_hochberg`: the tests of a sweep or
   study report (across seeds; paired over test trajectories; the false discovery rate over a table).
 * :func:`hierarchical_ratio`: model A against model B when each has several seeds and every seed
@@ -83,11 +84,13 @@ def benjamini_hochberg(p_values: Sequence[Optional[float]]) -> list[Optional[flo
 
 #: relative change of the mean best validation MSE between rungs below which a rung is converged
 CONVERGED_TOL = 0.02
+#: the verdicts after which doubling the budget did not pay: the ladder does not climb past such a rung
+SETTLED = ("converged", "no gain")
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The ladder's verdict at one budget: ``converged``, ``not converged`` or ``unknown``.
+    """The ladder's verdict at one budget: ``converged``, ``not converged``, ``no gain`` or ``unknown``.
 
     ``change`` is ``mean(2T) / mean(T) - 1`` (negative: the doubled budget did better), ``None`` when
     the next rung is missing.
@@ -102,7 +105,9 @@ def ladder_verdicts(means: Mapping[float, float], tol: float = CONVERGED_TOL) ->
     """The verdict of every rung from ``{budget: mean best validation MSE}`` (rungs ``T, 2T, 4T, ...``).
 
     The rung ``T`` is judged by the rung ``2T``: ``|mean(2T) / mean(T) - 1| < tol`` is converged. A
-    curve still falling at ``2T`` is not; the top rung is ``unknown`` (nothing to compare it with).
+    curve still falling at ``2T`` by ``tol`` or more is not converged; one rising by ``tol`` or more is
+    ``no gain`` (more budget made it worse: :data:`SETTLED`, as converged, for the ladder's climb); the top
+    rung is ``unknown`` (nothing to compare it with).
     """
     budgets = sorted(means)
     out = []
@@ -112,7 +117,8 @@ def ladder_verdicts(means: Mapping[float, float], tol: float = CONVERGED_TOL) ->
             out.append(Verdict(b, "unknown", None))
             continue
         change = means[nxt] / means[b] - 1.0
-        out.append(Verdict(b, "converged" if abs(change) < tol else "not converged", change))
+        verdict = "converged" if abs(change) < tol else "not converged" if change < 0 else "no gain"
+        out.append(Verdict(b, verdict, change))
     return out
 
 
@@ -133,8 +139,8 @@ def change_se(at_t: Sequence[float], at_2t: Sequence[float]) -> float:
 
 
 def first_converged(verdicts: Sequence[Verdict]) -> Optional[float]:
-    """The lowest budget judged converged, or ``None``."""
-    return next((v.budget for v in verdicts if v.verdict == "converged"), None)
+    """The lowest budget from which doubling does not pay (:data:`SETTLED`), or ``None``."""
+    return next((v.budget for v in verdicts if v.verdict in SETTLED), None)
 
 
 @dataclass(frozen=True)
