@@ -14,6 +14,7 @@ alike); the tables give medians, and the ratio to EGNN is measured in the same l
     python benchmarks/speed.py --quick               # smoke run (< 1 min)
     python benchmarks/speed.py --flops               # + achieved GFLOP/s of SET and EGNN vs the matmul peak
     python benchmarks/speed.py --bf16                # + bf16-mixed autocast step time vs fp32
+    python benchmarks/speed.py --compile             # + each model eager vs model.compile (torch.compile) and its compile time
     python benchmarks/speed.py --cores               # + 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP
     python benchmarks/speed.py --profile             # + torch.profiler tables -> results/profile.md
     python benchmarks/speed.py --profile --baseline <git rev>   # + before/after against an older revision
@@ -231,6 +232,33 @@ def run_checkpointing(args: argparse.Namespace, device: torch.device, log: Calla
                     ""]
 
 
+def run_compile(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Each model's step eager and with ``model.compile`` (torch.compile), side by side, and the compile time."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.force_disable_caches = True  # a first run's compile time, not a cache hit of an earlier one
+    b = args.batch or (20 if args.quick else 100)
+    lines = ["## torch.compile (--compile)", "",
+             f"Each model as configured (N = 5, B = {b}) eager and with `--model.compile true` (the model through "
+             "`torch.compile`, inductor; the same math: tests/app/test_compile.py), timed round-robin after two "
+             "warm-up steps. 'first compiled step' is the first warm-up step: compiling the forward and backward "
+             "graphs (inductor's caches off, as on a first run) plus one step; a training run pays it once per "
+             "process, and again for evaluation (no-grad graphs).", "",
+             "| model | N | L | B | eager step ms | compiled step ms | speed-up | first compiled step s | "
+             "steps to repay it |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, extra in (("egnn", []), ("set", ["--data.history=1"]), ("set", [])):
+        shape = [f"--data.batch_size={b}", *extra]
+        cases = [Case(name, shape, "{model} (L={L})"), Case(name, [*shape, "--model.compile=true"], "{model} compiled")]
+        time_group(cases, device, args.repeats, args.budget, log)
+        eager, compiled = (c.result for c in cases)
+        gain_ms = eager["ms"] - compiled["ms"]
+        repay = f"{compiled['first_s'] * 1e3 / gain_ms:,.0f}" if gain_ms > 0 else "never"
+        lines.append(f"| {cases[0].label} | {cases[0].n} | {cases[0].ell} | {b} | {eager['ms']:,.1f} | "
+                     f"{compiled['ms']:,.1f} | {eager['ms'] / compiled['ms']:.2f}x | {compiled['first_s']:,.0f} | "
+                     f"{repay} |")
+    return lines + [""]
+
+
 def largest_layer_mib(stepper: Stepper) -> float:
     """MiB saved for backward inside the largest single layer (EGCL, ETAL or feed-forward) of a SET."""
     layers = [m for block in stepper.module.net.blocks for m in (*block.egcls, block.etal, block.ff) if m is not None]
@@ -402,6 +430,8 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="time SET and EGNN of this git revision against the working tree (N=5 and N=20, with "
                              "activation memory; with --profile also the profile's before/after at 1 and 2 threads)")
+    parser.add_argument("--compile", action="store_true",
+                        help="each model eager vs model.compile (torch.compile), side by side, and the compile time")
     parser.add_argument("--allocator", action="store_true",
                         help="SET's step with the glibc keep-freed-memory setting on vs off (separate processes)")
     parser.add_argument("--baseline-threads", type=int, nargs="+", default=[1, 2])
@@ -445,6 +475,8 @@ def main() -> None:
         parts.append(("--bf16", args.output, lambda: header + run_bf16(args, device, log)))
     if args.checkpointing:
         parts.append(("--checkpointing", args.output, lambda: header + run_checkpointing(args, device, log)))
+    if args.compile:
+        parts.append(("--compile", args.output, lambda: header + run_compile(args, device, log)))
     if args.cores:
         parts.append(("--cores", args.output, lambda: header + run_cores(args, log)))
     if args.baseline:

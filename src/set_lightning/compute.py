@@ -82,9 +82,15 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
     }
 
 
+#: the end of the machine key of rows trained with ``model.compile`` (their seconds are another code's)
+COMPILED = " | compiled"
+
+
 def machine_key(info: Mapping[str, Any]) -> str:
-    """One string per kind of machine: seconds are comparable only between rows with the same key."""
-    return f"{info.get('cpu')} | {info.get('cpu_capability')} | {info.get('threads')} thread(s) | {info.get('device')}"
+    """One string per kind of machine (and of code: rows of ``model.compile`` end in :data:`COMPILED`):
+    seconds are comparable only between rows with the same key."""
+    key = f"{info.get('cpu')} | {info.get('cpu_capability')} | {info.get('threads')} thread(s) | {info.get('device')}"
+    return key + (COMPILED if info.get("compiled") else "")
 
 
 def _inputs(net: nn.Module, batch: int, history: int, n: int, dtype: torch.dtype, seed: int = 0) -> tuple:

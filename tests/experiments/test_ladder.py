@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from set_lightning.compute import fingerprint, machine_info, machine_key, training_flops
+from set_lightning.compute import COMPILED, fingerprint, machine_info, machine_key, training_flops
 from set_lightning.errors import UserError
 from set_lightning.experiments.ladder import Ladder, Unit, pending
 from set_lightning.experiments.ladder_report import (
@@ -146,6 +146,26 @@ def test_an_edited_variant_does_not_reuse_old_rows(ladder):
     other_seed = Unit("EGNN", "lr=0.0005", TINY, 1, 0.01)
     other_budget = Unit("EGNN", "lr=0.0005", TINY, 0, 0.02)
     assert len({ladder.plan(u).run_id for u in (unit, edited, other_seed, other_budget)}) == 4
+
+
+def test_a_compiled_unit_is_the_same_run_with_its_own_seconds(tmp_path):
+    ladder = Ladder(tmp_path / "results" / "study", REPO, SMALL_DATA, tmp_path / "runs")
+    eager = Unit("EGNN", "lr=0.0005", TINY, 0, 0.01)
+    compiled = Unit("EGNN", "lr=0.0005", {**TINY, "model.compile": True}, 0, 0.01)
+    p_eager, p_comp = ladder.plan(eager), ladder.plan(compiled)
+    assert p_comp.run_id == p_eager.run_id  # the same math: an eager row counts for it (and resumes it)
+    machine = {**machine_info(), "threads": 1}
+    row = ladder.row(p_comp, {"n_params": 1, "epochs": 1, "best_val_pos_mse": 0.1, "test_pos_mse": 0.1, "test": {}},
+                     [{"step": p_comp.max_steps, "train_s": 2.0}], machine)
+    assert row["machine"]["compiled"] and row["machine_key"] == machine_key(machine) + COMPILED
+    key = machine_key(machine)
+    ladder.rows_file.parent.mkdir(parents=True, exist_ok=True)
+    eager_row = {**row, "machine_key": key, "train_cpu_s": 4.0}
+    ladder.rows_file.write_text(json.dumps(eager_row) + "\n")
+    # no compiled row yet: the eager rate; then its own
+    assert ladder.estimate_s(p_comp, key) == ladder.estimate_s(p_eager, key) == 1.25 * 4.0
+    ladder.rows_file.write_text(json.dumps(eager_row) + "\n" + json.dumps(row) + "\n")
+    assert ladder.estimate_s(p_comp, key) == 1.25 * 2.0 and ladder.estimate_s(p_eager, key) == 1.25 * 4.0
 
 
 def test_the_budget_is_steps_from_pinned_flops_per_step(ladder):

@@ -30,11 +30,11 @@ import json
 import math
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from set_lightning.compute import fingerprint, machine_info, machine_key, training_flops
+from set_lightning.compute import COMPILED, fingerprint, machine_info, machine_key, training_flops
 from set_lightning.experiments.records import ConfigResolver, config_identity
 from set_lightning.experiments.spec import RunSpec, variant_run
 from set_lightning.files import append_jsonl, read_jsonl, write_text_atomic
@@ -205,6 +205,8 @@ class Ladder:
         best_epoch = result.get("best_epoch")
         train_s = max((c.get("train_s", 0.0) for c in curve), default=None)
         steps = planned.max_steps
+        if unit.variant.get("model.compile"):  # how its seconds were made, as the machine is
+            machine = {**machine, "compiled": True}
         return {
             "run_id": planned.run_id, "arm": unit.arm, "recipe": unit.recipe, "variant": dict(unit.variant),
             "seed": unit.seed, "budget_tflop": unit.budget_tflop, "tflop": round(planned.tflop, 4),
@@ -242,9 +244,14 @@ class Ladder:
     def estimate_s(self, planned: Planned, machine: str) -> float:
         """CPU seconds a unit will take here: from finished rows of its configuration's shape on this
         machine (median ms per step, plus validation), else at 25 GFLOP/s."""
+        compiled = bool(planned.unit.variant.get("model.compile"))
+        key = machine + COMPILED if compiled else machine
         seen = [r["train_cpu_s"] / r["steps"] for r in self.rows()
-                if r.get("machine_key") == machine and r["flops_per_step"] == planned.flops_per_step
+                if r.get("machine_key") == key and r["flops_per_step"] == planned.flops_per_step
                 and r.get("train_cpu_s")]
+        if not seen and compiled:  # no compiled row yet: the eager rate is an upper bound
+            return self.estimate_s(replace(planned, unit=replace(planned.unit, variant={
+                k: v for k, v in planned.unit.variant.items() if k != "model.compile"})), machine)
         per_step = sorted(seen)[len(seen) // 2] if seen else planned.flops_per_step / 25e9
         return 1.25 * per_step * planned.max_steps  # validation and testing: about a quarter more
 

@@ -57,6 +57,7 @@ NON_RESULT_FIELDS = (
     "data.cache_dir",
     "data.num_workers",
     "model.net.init_args.activation_checkpointing",  # SET's memory for compute trade: the same numbers
+    "model.compile",  # the same math, rounded like another machine's (a ladder row records it with the machine)
 )
 
 
