@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import shutil
 from collections.abc import Mapping
 from typing import Any, Literal, Optional
@@ -46,7 +47,7 @@ def error_summary(per_traj: torch.Tensor, min_dist: torch.Tensor | None, close_b
 
 def require_cpp_compiler() -> None:
     """``torch.compile`` on CPU builds C++ kernels: a one-line error, naming the setting, where no compiler is found."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    names = [shlex.split(os.environ["CXX"])[0]] if os.environ.get("CXX", "").strip() else ["g++", "clang++", "c++"]
     if not any(shutil.which(name) for name in names):
         raise UserError(f"model.compile: true needs a C++ compiler on CPU (torch.compile builds C++ kernels); none of "
                         f"{', '.join(names)} is on PATH: install one (or set CXX), or set model.compile: false")
@@ -92,8 +93,9 @@ class NBodyLightningModule(pl.LightningModule):
         compile: run the model through ``torch.compile`` (inductor; :meth:`configure_model`): the same
             math (float64 outputs and gradients equal the eager ones to rounding, tests/app/test_compile.py),
             not part of a run's identity. Pays for models whose step is many small ops: on one CPU thread
-            EGNN and SET L = 1 step 1.35-1.45x faster after a one-off compile of 80-120 s per process (less
-            from inductor's cache); SET L = 10 at N = 5 1.07x (``benchmarks/speed.py --compile``). Dropout draws
+            EGNN and SET L = 1 step 1.35-1.45x faster after a compile of 80-120 s per process (less from
+            inductor's cache), and evaluation (no-grad graphs) and every new batch shape compile again; SET
+            L = 10 at N = 5 1.07x (``benchmarks/speed.py --compile``). Dropout draws
             its masks from inductor's generator (the same probability, other masks than eager's). On CPU
             it needs a C++ compiler (``$CXX``, ``g++`` or ``clang++``).
 
@@ -305,7 +307,11 @@ class NBodyLightningModule(pl.LightningModule):
         checkpoints stay those of the plain model), once, before the first fit / validate / test / predict."""
         if not self.hparams.get("compile") or self.net_compiled:
             return
-        if self.device.type == "cpu":
+        try:  # the device the run will use (the Trainer moves the module after this hook)
+            device = self.trainer.strategy.root_device
+        except RuntimeError:  # not attached to a Trainer (a benchmark's or test's own loop)
+            device = self.device
+        if device.type == "cpu":
             require_cpp_compiler()
         self.net.compile(dynamic=False)
         self.net_compiled = True

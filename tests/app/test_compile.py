@@ -45,8 +45,13 @@ def test_the_compiled_model_computes_the_eager_numbers_in_float64(name, kwargs, 
     compiled.load_state_dict(eager.state_dict())
     compiled.configure_model()
     assert compiled.net_compiled and list(compiled.state_dict()) == list(eager.state_dict())  # plain keys
+    traced: dict[str, list[bool]] = {"eager": [], "compiled": []}
+    for label, module in (("eager", eager), ("compiled", compiled)):
+        first = next(module.net.children())
+        first.register_forward_pre_hook(lambda mod, args, seen=traced[label]: seen.append(torch.compiler.is_compiling()))
     batch = _batch(history)
     got, want = _outputs_and_grads(compiled, batch), _outputs_and_grads(eager, batch)
+    assert traced == {"eager": [False], "compiled": [True]}  # the compiled model really ran through the compiler
     assert got[0].dtype == torch.float64
     for a, b in zip(got, want, strict=True):
         assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-10, atol=1e-12)

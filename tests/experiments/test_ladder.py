@@ -270,3 +270,16 @@ def test_a_rung_still_running_is_not_judged_from_its_first_seeds(tmp_path):
     line = next(line for line in history_report(out, t=10.0, headline=("SET L=10",)).splitlines()
                 if line.startswith("| SET L=10 | lr=0.0005 | 10 |"))
     assert "| converged (+0.9%" in line
+
+
+def test_the_report_says_no_gain_and_does_not_leave_a_rung_above_a_settled_one_pending(tmp_path):
+    out = tmp_path / "study"
+    rows = [_row(arm="SET L=1", budget=b, seed=s, test=v + 0.0001 * s)
+            for b, v in ((10.0, 0.0100), (20.0, 0.0110)) for s in range(3)]  # worse at 2T: no gain at T
+    per = [{"run_id": r["run_id"], "pos_mse": [r["test_pos_mse"]] * 4} for r in rows]
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "study_per_traj.jsonl").write_text("".join(json.dumps(p) + "\n" for p in per))
+    lines = history_report(out, t=10.0, headline=("SET L=1",)).splitlines()
+    at = {b: next(line for line in lines if line.startswith(f"| SET L=1 | lr=0.0005 | {b} |")) for b in (10, 20)}
+    assert "| no gain (+9.9%" in at[10]
+    assert "not climbed further (settled at 10)" in at[20] and "unknown" not in at[20]

@@ -205,7 +205,9 @@ class Ladder:
         best_epoch = result.get("best_epoch")
         train_s = max((c.get("train_s", 0.0) for c in curve), default=None)
         steps = planned.max_steps
-        if unit.variant.get("model.compile"):  # how its seconds were made, as the machine is
+        # how its seconds were made, as the machine is (from the plan: a unit interrupted and resumed with the other
+        # setting, same identity and folder, mixes both in its seconds)
+        if unit.variant.get("model.compile"):
             machine = {**machine, "compiled": True}
         return {
             "run_id": planned.run_id, "arm": unit.arm, "recipe": unit.recipe, "variant": dict(unit.variant),
@@ -249,7 +251,7 @@ class Ladder:
         seen = [r["train_cpu_s"] / r["steps"] for r in self.rows()
                 if r.get("machine_key") == key and r["flops_per_step"] == planned.flops_per_step
                 and r.get("train_cpu_s")]
-        if not seen and compiled:  # no compiled row yet: the eager rate is an upper bound
+        if not seen and compiled:  # no compiled row yet: the eager rate (its compile time is not counted)
             return self.estimate_s(replace(planned, unit=replace(planned.unit, variant={
                 k: v for k, v in planned.unit.variant.items() if k != "model.compile"})), machine)
         per_step = sorted(seen)[len(seen) // 2] if seen else planned.flops_per_step / 25e9

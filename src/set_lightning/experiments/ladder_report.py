@@ -22,6 +22,7 @@ from set_lightning.experiments.stats import (
     CONVERGED_TOL,
     Verdict,
     benjamini_hochberg,
+    first_converged,
     change_se,
     hierarchical_ratio,
     ladder_verdicts,
@@ -217,7 +218,7 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
            *_table(["model", "recipe", "best val MSE", "test MSE", "test median", "steps", "best step"], recipe_rows)]
 
     budgets = sorted({k[2] for k in lr.cells})
-    ladder_rows, verdict_of = [], {}
+    ladder_rows = []
     for arm in lr.arms():
         recipe = chosen.get(arm)
         # a rung is judged only against a complete one: as many seeds as the arm's fullest rung (a verdict from
@@ -226,13 +227,15 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
         means = {b: float(np.mean([r["best_val_pos_mse"] for r in lr.cell(arm, recipe, b)]))
                  for b in budgets if len(lr.cell(arm, recipe, b)) >= n_full > 0}
         verdicts = {v.budget: v for v in ladder_verdicts(means)}
+        settled = first_converged(list(verdicts.values()))
         for b in budgets:
             rows = lr.cell(arm, recipe, b)
             if not rows:
                 continue
             v = verdicts.get(b) or Verdict(b, "unknown", None)
+            if v.verdict == "unknown" and settled is not None and b > settled:  # no rung above it will run
+                v = Verdict(b, f"not climbed further (settled at {settled:g})", None)
             partial = [c for c in (b, 2 * b) if 0 < len(lr.cell(arm, recipe, c)) < n_full]
-            verdict_of[(arm, b)] = v.verdict
             if v.change is None:
                 change = ""
             else:
@@ -251,10 +254,11 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
     md += ["", "## The ladder", "",
            "Mean ± std over seeds. Verdict: the change of the mean best validation MSE at twice the budget "
            "± its standard error from the seeds' spread (`stats.change_se`): *converged* within ±2%, *not "
-           "converged* where twice the budget did better by 2% or more (the next rung runs), *no gain* where it "
-           "did worse by 2% or more (the model over-fits with its recipe: its answer is this rung; the ladder "
-           "does not climb it further). Where that error is as large as the 2% tolerance, the verdict is within "
-           "the noise of the seeds. Distribution columns: "
+           "converged* where twice the budget did better by 2% or more (the headline models and the last readout "
+           "climb on, up to 8x the lowest rung), *no gain* where it did worse by 2% or more (the model over-fits "
+           "with its recipe: its answer is this rung or below; the ladder does not climb it further). Where that "
+           "error is as large as the 2% tolerance, the verdict is within the noise of the seeds (a *no gain* "
+           "within the noise may also be a flat curve). Distribution columns: "
            "per-trajectory test MSE, averaged over seeds. CPU-s: training seconds of one run on one thread "
            "(validation excluded).", "",
            *_table(["model", "recipe", "TFLOP", "seeds", "steps", "best val MSE", "verdict", "test MSE",
