@@ -239,14 +239,15 @@ def run_compile(args: argparse.Namespace, device: torch.device, log: Callable) -
     inductor_config.force_disable_caches = True  # a first run's compile time, not a cache hit of an earlier one
     b = args.batch or (20 if args.quick else 100)
     lines = ["## torch.compile (--compile)", "",
-             f"Each model as configured (N = 5, B = {b}) eager and with `--model.compile true` (the model through "
+             f"Each model as configured (N = 5, and SET L = 10 at N = 20; B = {b}) eager and with "
+             "`--model.compile true` (the model through "
              "`torch.compile`, inductor; the same math: tests/app/test_compile.py), timed round-robin after two "
              "warm-up steps. 'first compiled step' is the first warm-up step: compiling the forward and backward "
              "graphs (inductor's caches off, as on a first run) plus one step; a training run pays it once per "
              "process, and again for evaluation (no-grad graphs).", "",
              "| model | N | L | B | eager step ms | compiled step ms | speed-up | first compiled step s | "
              "steps to repay it |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, extra in (("egnn", []), ("set", ["--data.history=1"]), ("set", [])):
+    for name, extra in (("egnn", []), ("set", ["--data.history=1"]), ("set", []), ("set", ["--data.n_particles=20"])):
         shape = [f"--data.batch_size={b}", *extra]
         cases = [Case(name, shape, "{model} (L={L})"), Case(name, [*shape, "--model.compile=true"], "{model} compiled")]
         time_group(cases, device, args.repeats, args.budget, log)

@@ -93,9 +93,9 @@ class NBodyLightningModule(pl.LightningModule):
         compile: run the model through ``torch.compile`` (inductor; :meth:`configure_model`): the same
             math (float64 outputs and gradients equal the eager ones to rounding, tests/app/test_compile.py),
             not part of a run's identity. Pays for models whose step is many small ops: on one CPU thread
-            EGNN and SET L = 1 step 1.35-1.45x faster after a compile of 80-120 s per process (less from
+            EGNN and SET L = 1 step 1.35-2.1x faster after a compile of 65-120 s per process (less from
             inductor's cache), and evaluation (no-grad graphs) and every new batch shape compile again; SET
-            L = 10 at N = 5 1.07x (``benchmarks/speed.py --compile``). Dropout draws
+            L = 10 1.07x at N = 5, 1.38x at N = 20 (``benchmarks/speed.py --compile``). Dropout draws
             its masks from inductor's generator (the same probability, other masks than eager's). On CPU
             it needs a C++ compiler (``$CXX``, ``g++`` or ``clang++``).
 
