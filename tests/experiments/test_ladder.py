@@ -125,6 +125,9 @@ def test_rows_of_two_model_functions_or_budgets_are_refused():
         check_comparable([_row(), _row(seed=1, fp=(1.0, 2.0, 3.5))], [_row(arm="B")])
     with pytest.raises(UserError, match="different budgets"):
         check_comparable([_row(budget=10.0)], [_row(arm="B", budget=20.0)])
+    check_comparable([_row(budget=10.0)], [_row(arm="B", budget=20.0)], one_budget_each=True)  # each at its own rung
+    with pytest.raises(UserError, match="different budgets"):
+        check_comparable([_row(budget=10.0), _row(seed=1, budget=20.0)], [_row(arm="B")], one_budget_each=True)
 
 
 # ---------------------------------------------------------------------------------------------- identity and budget
@@ -283,3 +286,21 @@ def test_the_report_says_no_gain_and_does_not_leave_a_rung_above_a_settled_one_p
     at = {b: next(line for line in lines if line.startswith(f"| SET L=1 | lr=0.0005 | {b} |")) for b in (10, 20)}
     assert "| no gain (+9.9%" in at[10]
     assert "not climbed further (settled at 10)" in at[20] and "unknown" not in at[20]
+
+
+def test_the_answer_compares_each_model_at_its_own_settled_rung(tmp_path):
+    out = tmp_path / "study"
+    curves = {"SET L=10": ((10.0, 0.0080), (20.0, 0.0060), (40.0, 0.0060)),  # settles at 20 (converged)
+              "SET L=1": ((10.0, 0.0100), (20.0, 0.0110)),  # settles at 10 (no gain)
+              "EGNN": ((10.0, 0.0120), (20.0, 0.0100))}  # still improving: not in the answer
+    rows = [_row(arm=arm, budget=b, seed=s, test=v * (1 + 0.01 * s), run_id=f"{arm}-{b}-{s}")
+            for arm, curve in curves.items() for b, v in curve for s in range(3)]
+    per = [{"run_id": r["run_id"], "pos_mse": [r["test_pos_mse"] * (1 + 0.1 * k) for k in range(4)]} for r in rows]
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "study_per_traj.jsonl").write_text("".join(json.dumps(p) + "\n" for p in per))
+    text = history_report(out, t=10.0, headline=("SET L=10", "SET L=1", "EGNN"))
+    section = text.split("## At convergence")[1].split("\n## ")[0]
+    (line,) = [line for line in section.splitlines() if line.startswith("| SET L=10 |")]
+    assert "| 20 (converged) | SET L=1 | 10 (no gain) | 3 / 3 | 0.600 |" in line  # 0.0060 / 0.0100
+    assert "Not settled yet" in section and "EGNN" in section.split("Not settled yet")[1]
+    assert not [line for line in section.splitlines() if line.startswith("| EGNN |") or "| EGNN | " in line]

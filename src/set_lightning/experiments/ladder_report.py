@@ -35,20 +35,23 @@ from set_lightning.files import read_jsonl, write_text_atomic
 PUBLISHED = (("EGNN", 0.0071), ("SEGNN", 0.0043), ("SEGNO", 0.00433), ("CGENN", 0.0039), ("Multivector Neurons", 0.0035))
 
 
-def check_comparable(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]] = (), seconds: bool = False) -> None:
+def check_comparable(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]] = (), seconds: bool = False,
+                     one_budget_each: bool = False) -> None:
     """Refuse to compare rows that do not measure the same thing.
 
-    All rows must share one nominal budget; each side's rows one model function (fingerprint, so rows
-    made before a change of the model's math never mix with rows made after it); with ``seconds``,
-    all rows one machine (CPU model, capability, threads, device).
+    All rows must share one nominal budget (with ``one_budget_each``: each side its own, for models compared
+    each at its converged rung); each side's rows one model function (fingerprint, so rows made before a
+    change of the model's math never mix with rows made after it); with ``seconds``, all rows one machine
+    (CPU model, capability, threads, device).
 
     Raises:
         UserError: naming what differs.
     """
     rows = [*a, *b]
-    budgets = sorted({r["budget_tflop"] for r in rows})
-    if len(budgets) > 1:
-        raise UserError(f"rows of different budgets {budgets} TFLOP in one comparison")
+    for group in ((a, b) if one_budget_each else (rows,)):
+        budgets = sorted({r["budget_tflop"] for r in group})
+        if len(budgets) > 1:
+            raise UserError(f"rows of different budgets {budgets} TFLOP in one comparison")
     for side in (a, b):
         prints = {tuple(r["fingerprint"]) for r in side}
         if len(prints) > 1:
@@ -143,9 +146,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def compare(lr: LadderRows, a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """A against B at one rung: ratio of means, hierarchical and paired intervals, Welch p, % better."""
-    check_comparable(a, b)
+def compare(lr: LadderRows, a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]],
+            one_budget_each: bool = False) -> dict[str, Any]:
+    """A against B at one rung (or each at its own, ``one_budget_each``): ratio of means, hierarchical and paired
+    intervals, Welch p, % better."""
+    check_comparable(a, b, one_budget_each=one_budget_each)
     ta, tb = [r["test_pos_mse"] for r in a], [r["test_pos_mse"] for r in b]
     out: dict[str, Any] = {"ratio": float(np.mean(ta) / np.mean(tb)), "welch": welch_p_value(ta, tb),
                            "hier": None, "paired": None}
@@ -218,7 +223,7 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
            *_table(["model", "recipe", "best val MSE", "test MSE", "test median", "steps", "best step"], recipe_rows)]
 
     budgets = sorted({k[2] for k in lr.cells})
-    ladder_rows = []
+    ladder_rows, settled_at = [], {}
     for arm in lr.arms():
         recipe = chosen.get(arm)
         # a rung is judged only against a complete one: as many seeds as the arm's fullest rung (a verdict from
@@ -228,6 +233,8 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                  for b in budgets if len(lr.cell(arm, recipe, b)) >= n_full > 0}
         verdicts = {v.budget: v for v in ladder_verdicts(means)}
         settled = first_converged(list(verdicts.values()))
+        if settled is not None:
+            settled_at[arm] = (settled, verdicts[settled])
         for b in budgets:
             rows = lr.cell(arm, recipe, b)
             if not rows:
@@ -296,12 +303,46 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                    "Benjamini-Hochberg adjusted over this table; *A better on*: share of test trajectories.", "",
                    *_table(["TFLOP", "A", "B", "seeds", "A / B", "hierarchical 95%", "paired 95%", "Welch p",
                             "BH p", "A better on"], comp_rows)]
+    md += _at_convergence(lr, chosen, settled_at, [(a, b) for a, b in pairs if a in main_arms and b in main_arms])
     md += ["", "Published test MSEs on this task (one frame in): " +
            ", ".join(f"{name} {v}" for name, v in PUBLISHED) + "."]
     text = "\n".join(md) + "\n"
     write_text_atomic(out.with_suffix(".md"), text)
     _plot(lr, chosen, out.with_suffix(".png"), headline)
     return text
+
+
+def _at_convergence(lr: LadderRows, chosen: Mapping[str, Optional[str]],
+                    settled_at: Mapping[str, tuple[float, Verdict]], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The answer: each model at its first settled rung (converged, or no gain from twice the budget), A / B."""
+    rows, pvals = [], []
+    for a_arm, b_arm in pairs:
+        if a_arm not in settled_at or b_arm not in settled_at:
+            continue
+        (ba, va), (bb, vb) = settled_at[a_arm], settled_at[b_arm]
+        ra, rb = lr.cell(a_arm, chosen.get(a_arm), ba), lr.cell(b_arm, chosen.get(b_arm), bb)
+        c = compare(lr, ra, rb, one_budget_each=True)
+        h, p = c["hier"], c["paired"]
+        rows.append([a_arm, f"{ba:g} ({va.verdict})", b_arm, f"{bb:g} ({vb.verdict})", f"{len(ra)} / {len(rb)}",
+                     f"{c['ratio']:.3f}", f"[{h.lo:.3f}, {h.hi:.3f}]" if h else "–",
+                     f"[{p.ratio_lo:.3f}, {p.ratio_hi:.3f}]" if p else "–",
+                     "–" if c["welch"] is None else f"{c['welch']:.3g}", None,
+                     f"{100 * p.frac_a_better:.0f}%" if p else "–"])
+        pvals.append(c["welch"])
+    for row, adj in zip(rows, benjamini_hochberg(pvals)):
+        row[9] = "–" if adj is None else f"{adj:.3g}"
+    waiting = [arm for pair in pairs for arm in pair if arm not in settled_at]
+    note = (f" Not settled yet (still improving, or a rung incomplete): {', '.join(dict.fromkeys(waiting))}."
+            if waiting else "")
+    if not rows:
+        return ["", "## At convergence", "", "Each model at its first settled rung: none of the compared pairs has "
+                "both models settled yet." + note]
+    return ["", "## At convergence", "",
+            "The study's answer: each model at its first settled rung (the lowest budget from which twice the "
+            "budget did not improve the mean best validation MSE by 2%: *converged*, or *no gain*), so each "
+            "side may have its own budget (TFLOP column). Columns as in the comparisons." + note, "",
+            *_table(["A", "A at TFLOP", "B", "B at TFLOP", "seeds", "A / B", "hierarchical 95%", "paired 95%",
+                     "Welch p", "BH p", "A better on"], rows)]
 
 
 def _plot(lr: LadderRows, chosen: Mapping[str, Optional[str]], path: Path, headline: Sequence[str]) -> None:
