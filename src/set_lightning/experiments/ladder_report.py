@@ -235,6 +235,10 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
         settled = first_converged(list(verdicts.values()))
         if settled is not None:
             settled_at[arm] = (settled, verdicts[settled])
+        elif len(means) >= 2 and verdicts[sorted(means)[-2]].verdict == "not converged":
+            # climbing: its answer is this top complete rung or a higher one that beat it by the tolerance
+            top = max(means)
+            settled_at[arm] = (top, Verdict(top, "still improving", None))
         for b in budgets:
             rows = lr.cell(arm, recipe, b)
             if not rows:
@@ -332,15 +336,16 @@ def _at_convergence(lr: LadderRows, chosen: Mapping[str, Optional[str]],
     for row, adj in zip(rows, benjamini_hochberg(pvals)):
         row[9] = "–" if adj is None else f"{adj:.3g}"
     waiting = [arm for pair in pairs for arm in pair if arm not in settled_at]
-    note = (f" Not settled yet (still improving, or a rung incomplete): {', '.join(dict.fromkeys(waiting))}."
-            if waiting else "")
+    note = (f" Not judged yet (a rung incomplete): {', '.join(dict.fromkeys(waiting))}." if waiting else "")
     if not rows:
         return ["", "## At convergence", "", "Each model at its first settled rung: none of the compared pairs has "
                 "both models settled yet." + note]
     return ["", "## At convergence", "",
             "The study's answer: each model at its first settled rung (the lowest budget from which twice the "
             "budget did not improve the mean best validation MSE by 2%: *converged*, or *no gain*), so each "
-            "side may have its own budget (TFLOP column). Columns as in the comparisons." + note, "",
+            "side may have its own budget (TFLOP column). A model *still improving* is shown at its top complete "
+            "rung: its answer will be there or at a higher rung that beat it by 2% or more in validation, so "
+            "its row is provisional and, for that model, conservative. Columns as in the comparisons." + note, "",
             *_table(["A", "A at TFLOP", "B", "B at TFLOP", "seeds", "A / B", "hierarchical 95%", "paired 95%",
                      "Welch p", "BH p", "A better on"], rows)]
 
