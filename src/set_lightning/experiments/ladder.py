@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -246,14 +246,14 @@ class Ladder:
     def estimate_s(self, planned: Planned, machine: str) -> float:
         """CPU seconds a unit will take here: from finished rows of its configuration's shape on this
         machine (median ms per step, plus validation), else at 25 GFLOP/s."""
-        compiled = bool(planned.unit.variant.get("model.compile"))
-        key = machine + COMPILED if compiled else machine
-        seen = [r["train_cpu_s"] / r["steps"] for r in self.rows()
-                if r.get("machine_key") == key and r["flops_per_step"] == planned.flops_per_step
-                and r.get("train_cpu_s")]
-        if not seen and compiled:  # no compiled row yet: the eager rate (its compile time is not counted)
-            return self.estimate_s(replace(planned, unit=replace(planned.unit, variant={
-                k: v for k, v in planned.unit.variant.items() if k != "model.compile"})), machine)
+        # a compiled unit: its own rows' rate, else (no compiled row yet) the eager rate, its compile time not counted
+        keys = [machine + COMPILED, machine] if planned.unit.variant.get("model.compile") else [machine]
+        for key in keys:
+            seen = [r["train_cpu_s"] / r["steps"] for r in self.rows()
+                    if r.get("machine_key") == key and r["flops_per_step"] == planned.flops_per_step
+                    and r.get("train_cpu_s")]
+            if seen:
+                break
         per_step = sorted(seen)[len(seen) // 2] if seen else planned.flops_per_step / 25e9
         return 1.25 * per_step * planned.max_steps  # validation and testing: about a quarter more
 

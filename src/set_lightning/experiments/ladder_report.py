@@ -290,15 +290,9 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
                 if len(ra) < 2 or len(rb) < 2:
                     continue
                 c = compare(lr, ra, rb)
-                h, p = c["hier"], c["paired"]
-                comp_rows.append([f"{b:g}", a_arm, b_arm, f"{len(ra)} / {len(rb)}", f"{c['ratio']:.3f}",
-                                  f"[{h.lo:.3f}, {h.hi:.3f}]" if h else "–",
-                                  f"[{p.ratio_lo:.3f}, {p.ratio_hi:.3f}]" if p else "–",
-                                  "–" if c["welch"] is None else f"{c['welch']:.3g}", None,
-                                  f"{100 * p.frac_a_better:.0f}%" if p else "–"])
+                comp_rows.append([f"{b:g}", a_arm, b_arm, *_stat_cells(c, len(ra), len(rb))])
                 pvals.append(c["welch"])
-        for row, adj in zip(comp_rows, benjamini_hochberg(pvals)):
-            row[8] = "–" if adj is None else f"{adj:.3g}"
+        _fill_bh(comp_rows, pvals)
         if comp_rows:
             md += ["", f"## {title}", "",
                    "A / B: ratio of mean test MSEs (below 1: A is better); *hierarchical*: 95% bootstrap interval "
@@ -316,6 +310,21 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
     return text
 
 
+def _stat_cells(c: Mapping[str, Any], n_a: int, n_b: int) -> list[Optional[str]]:
+    """A :func:`compare`'s table cells: seeds, A / B, hierarchical and paired intervals, Welch p, BH p (``None``
+    until :func:`_fill_bh` adjusts the table's p-values together), A better on."""
+    h, p = c["hier"], c["paired"]
+    return [f"{n_a} / {n_b}", f"{c['ratio']:.3f}", f"[{h.lo:.3f}, {h.hi:.3f}]" if h else "–",
+            f"[{p.ratio_lo:.3f}, {p.ratio_hi:.3f}]" if p else "–",
+            "–" if c["welch"] is None else f"{c['welch']:.3g}", None, f"{100 * p.frac_a_better:.0f}%" if p else "–"]
+
+
+def _fill_bh(rows: list[list[Optional[str]]], pvals: Sequence[Optional[float]]) -> None:
+    """Each row's BH p cell (the one before last, from :func:`_stat_cells`): its Welch p adjusted over the table."""
+    for row, adj in zip(rows, benjamini_hochberg(pvals)):
+        row[-2] = "–" if adj is None else f"{adj:.3g}"
+
+
 def _at_convergence(lr: LadderRows, chosen: Mapping[str, Optional[str]],
                     settled_at: Mapping[str, tuple[float, Verdict]], pairs: Sequence[tuple[str, str]]) -> list[str]:
     """The answer: each model at its first settled rung (converged, or no gain from twice the budget), A / B."""
@@ -326,15 +335,9 @@ def _at_convergence(lr: LadderRows, chosen: Mapping[str, Optional[str]],
         (ba, va), (bb, vb) = settled_at[a_arm], settled_at[b_arm]
         ra, rb = lr.cell(a_arm, chosen.get(a_arm), ba), lr.cell(b_arm, chosen.get(b_arm), bb)
         c = compare(lr, ra, rb, one_budget_each=True)
-        h, p = c["hier"], c["paired"]
-        rows.append([a_arm, f"{ba:g} ({va.verdict})", b_arm, f"{bb:g} ({vb.verdict})", f"{len(ra)} / {len(rb)}",
-                     f"{c['ratio']:.3f}", f"[{h.lo:.3f}, {h.hi:.3f}]" if h else "–",
-                     f"[{p.ratio_lo:.3f}, {p.ratio_hi:.3f}]" if p else "–",
-                     "–" if c["welch"] is None else f"{c['welch']:.3g}", None,
-                     f"{100 * p.frac_a_better:.0f}%" if p else "–"])
+        rows.append([a_arm, f"{ba:g} ({va.verdict})", b_arm, f"{bb:g} ({vb.verdict})", *_stat_cells(c, len(ra), len(rb))])
         pvals.append(c["welch"])
-    for row, adj in zip(rows, benjamini_hochberg(pvals)):
-        row[9] = "–" if adj is None else f"{adj:.3g}"
+    _fill_bh(rows, pvals)
     waiting = [arm for pair in pairs for arm in pair if arm not in settled_at]
     note = (f" Not judged yet (a rung incomplete): {', '.join(dict.fromkeys(waiting))}." if waiting else "")
     if not rows:
