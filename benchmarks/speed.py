@@ -13,6 +13,7 @@ alike); the tables give medians, and the ratio to EGNN is measured in the same l
     python benchmarks/speed.py                       # the tables (~5-10 min on 2 CPU cores), 1 thread
     python benchmarks/speed.py --quick               # smoke run (< 1 min)
     python benchmarks/speed.py --flops               # + achieved GFLOP/s of SET and EGNN vs the matmul peak
+    python benchmarks/speed.py --breakdown           # + SET's and EGNN's step time by op: matrix products vs the rest
     python benchmarks/speed.py --bf16                # + bf16-mixed autocast step time vs fp32
     python benchmarks/speed.py --compile             # + each model eager vs model.compile (torch.compile) and its compile time
     python benchmarks/speed.py --cores               # + 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP
@@ -38,6 +39,9 @@ Modes:
   * ``--flops``: matmul FLOPs of one forward + backward counted by ``torch.utils.flop_counter``, divided
     by the measured step time (achieved GFLOP/s), against the fp32 and bf16 peak of one large square
     matmul on 1 thread measured by the same run;
+  * ``--breakdown``: every aten op of a few SET and EGNN steps timed on its own (a TorchDispatchMode):
+    the matrix products against all other ops, the GFLOP/s inside the matrix products, the ops with the
+    most time, and the bound on the speed-up without faster matrix products (step / matrix-product time);
   * ``--bf16``: the step with the forward and the loss under ``torch.autocast(bfloat16)`` (what
     ``trainer.precision=bf16-mixed`` does) against fp32, SET and EGNN as configured;
   * ``--cores``: SET as configured, using two cores three ways: one run with 2 torch threads; two
@@ -76,6 +80,7 @@ from step_harness import (  # benchmarks/step_harness.py: the timing harness
     counted_gflop,
     fmt,
     matmul_peak_gflops,
+    op_time_breakdown,
     time_group,
 )
 from two_cores import run_cores  # benchmarks/two_cores.py
@@ -182,6 +187,47 @@ def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> 
         achieved = gf / (case.result["ms"] / 1e3)
         lines.append(f"| {case.label} | {case.n} | {case.ell} | {case.batch} | {gf:.2f} | {case.result['ms']:.1f} | "
                      f"{achieved:.1f} | {100 * achieved / peaks['fp32']:.0f}% | {100 * achieved / peaks['bf16']:.0f}% |")
+    return lines + [""]
+
+
+def run_breakdown(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Where a training step's time goes: matrix products vs everything else, op by op (SET and EGNN as
+    configured), and the speed-up the step could get at most without faster matrix products."""
+    size = 512 if args.quick else 2048
+    peak = matmul_peak_gflops(torch.float32, size)
+    size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
+    cases = [Case("set", size_args, "{model} (conf, L={L})"), Case("egnn", size_args, "{model} (conf, L={L})")]
+    steppers = [Stepper(c, device) for c in cases]
+    gflop = [counted_gflop(st) for st in steppers]
+    time_group(cases, device, args.repeats, args.budget, log, steppers)
+    steps = 2 if args.quick else 3
+    timers = [op_time_breakdown(st, steps) for st in steppers]
+    lines = [
+        "## Where the step's time goes (--breakdown)", "",
+        f"Every aten op of {steps} training steps (forward, backward, Adam) timed on its own "
+        "(`step_harness.OpTimer`, a TorchDispatchMode; CPU ops are synchronous), per step. 'matrix products' = "
+        "mm, addmm, bmm, mv and their in-place forms (their counted FLOPs as in `--flops`); 'other ops' = "
+        "elementwise passes, reductions, softmax, dropout masks, copies. 'step ms' is the plain step (median, "
+        "timed round-robin without the timer); the ops timed one by one add up to within a few percent of it "
+        "(the timer runs Python between the ops), so the shares are of the timed total. 'bound' = timed total / matrix "
+        "products: the most a step could gain without faster matrix products, if every other op took no time. "
+        f"fp32 matmul peak of this run: {peak:.1f} GFLOP/s (one ({size} x {size}) @ ({size} x {size}), 1 thread).", "",
+        "| model | N | L | B | step ms | timed ops ms | matrix products ms | GFLOP/s inside them (% of peak) | "
+        "other ops ms | matrix share | bound |", "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, gf, timer in zip(cases, gflop, timers):
+        mm, other = timer.matmul_ms / steps, timer.other_ms / steps
+        inside = gf / (mm / 1e3)
+        lines.append(f"| {case.label} | {case.n} | {case.ell} | {case.batch} | {case.result['ms']:.1f} | "
+                     f"{mm + other:.1f} | {mm:.1f} | {inside:.1f} ({100 * inside / peak:.0f}%) | {other:.1f} | "
+                     f"{100 * mm / (mm + other):.0f}% | {(mm + other) / mm:.2f}x |")
+    for case, timer in zip(cases, timers):
+        lines += ["", f"{case.label}: the ops with the most time per step (op, input shapes, ms, calls)", "",
+                  "| class | op | input shapes | ms / step | calls / step |", "|---|---|---|---|---|"]
+        for matmul in (True, False):
+            for op, shapes, ms, calls in timer.top(6, matmul):
+                lines.append(f"| {'matrix product' if matmul else 'other'} | {op} | "
+                             f"{' '.join(str(list(s)) for s in shapes)} | {ms / steps:.2f} | {calls // steps} |")
     return lines + [""]
 
 
@@ -420,6 +466,8 @@ def main() -> None:
                         help="no speed tables: only the modes asked for")
     parser.add_argument("--flops", action="store_true", help="achieved GFLOP/s of SET and EGNN vs the matmul peak")
     parser.add_argument("--bf16", action="store_true", help="bf16-mixed autocast step time vs fp32")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where SET's and EGNN's step time goes: matrix products vs other ops, op by op")
     parser.add_argument("--checkpointing", action="store_true",
                         help="SET with activation checkpointing vs without: step time and activation memory")
     parser.add_argument("--cores", action="store_true",
@@ -472,6 +520,8 @@ def main() -> None:
                       + header + run_tables(args, plan, device, log)))
     if args.flops:
         parts.append(("--flops", args.output, lambda: header + run_flops(args, device, log)))
+    if args.breakdown:
+        parts.append(("--breakdown", args.output, lambda: header + run_breakdown(args, device, log)))
     if args.bf16:
         parts.append(("--bf16", args.output, lambda: header + run_bf16(args, device, log)))
     if args.checkpointing:

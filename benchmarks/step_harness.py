@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from set_lightning.data import sample_initial_conditions, simulate_charged
 from set_lightning.lightning_cli import make_cli
@@ -197,3 +198,55 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int, repeats: int = 5) -> float
     finally:
         torch.set_num_threads(threads)
     return 2 * size**3 / best / 1e9
+
+
+#: aten ops that are matrix products (FLOP-counted by torch.utils.flop_counter, or matrix-vector forms it skips)
+MATMUL_OPS = frozenset({"mm", "addmm", "addmm_", "bmm", "baddbmm", "mv", "addmv", "addmv_", "dot", "addbmm"})
+
+
+class OpTimer(TorchDispatchMode):
+    """Wall time of every aten op run under it, forward, backward and optimiser alike, by op and input shapes.
+
+    Ops on the CPU run synchronously, so the time around each call is the op's own; the mode's bookkeeping
+    falls between the ops and is not counted. ``matmul_ms``/``other_ms`` split the total into matrix products
+    (:data:`MATMUL_OPS`) and everything else (elementwise passes, reductions, softmax, dropout masks, copies).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ms: collections.Counter = collections.Counter()
+        self.calls: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        key = (func.overloadpacket.__name__, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        self.ms[key] += 1e3 * (time.perf_counter() - t0)
+        self.calls[key] += 1
+        return out
+
+    @staticmethod
+    def is_matmul(key: tuple[str, tuple]) -> bool:
+        return key[0] in MATMUL_OPS
+
+    @property
+    def matmul_ms(self) -> float:
+        return sum(ms for key, ms in self.ms.items() if self.is_matmul(key))
+
+    @property
+    def other_ms(self) -> float:
+        return sum(ms for key, ms in self.ms.items() if not self.is_matmul(key))
+
+    def top(self, k: int, matmul: bool) -> list[tuple[str, tuple, float, int]]:
+        """The ``k`` (op, shapes) of one class with the most time: ``(op, shapes, ms, calls)``."""
+        keys = sorted((key for key in self.ms if self.is_matmul(key) == matmul), key=lambda key: -self.ms[key])
+        return [(key[0], key[1], self.ms[key], self.calls[key]) for key in keys[:k]]
+
+
+def op_time_breakdown(stepper: Stepper, steps: int = 3) -> OpTimer:
+    """The training steps' time per aten op (:class:`OpTimer`), summed over ``steps`` steps."""
+    timer = OpTimer()
+    with timer:
+        for _ in range(steps):
+            stepper.step()
+    return timer
