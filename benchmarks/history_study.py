@@ -27,6 +27,7 @@ with its recipe), has its answer at ``R`` or below.
 
     python benchmarks/history_study.py --plan                 # what remains, in CPU-hours on this machine
     python benchmarks/history_study.py --parallel 2           # run it (stops and resumes at will)
+    python benchmarks/history_study.py --parallel 4 --runs-per-gpu 4   # on one GPU: 4 runs share it
     python benchmarks/history_study.py --stages recipe headline
     python benchmarks/history_study.py --report-only          # results/history.md and .png from the rows
 
@@ -238,6 +239,9 @@ def main() -> None:
     parser.add_argument("--tflop", type=float, default=10.0, help="the lowest rung T in TFLOP (default 10)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side, one thread each (default 2)")
+    parser.add_argument("--runs-per-gpu", type=int, default=1, metavar="R",
+                        help="on a GPU machine, R of the --parallel runs share each GPU (default 1: one run per "
+                             "GPU); e.g. --parallel 4 --runs-per-gpu 4 on one GPU")
     parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
                         help="run only these models (labels as in the report), e.g. to give a second process or "
                              "machine its own share of a stage")
@@ -252,6 +256,8 @@ def main() -> None:
     if opts.arms and set(opts.arms) - known:
         sys.exit(f"error: --arms: unknown {sorted(set(opts.arms) - known)}; allowed: {sorted(ARMS)} (or "
                  "'<model>: <flag>' for the ablation)")
+    if opts.parallel < 1 or opts.runs_per_gpu < 1:
+        sys.exit(f"error: --parallel and --runs-per-gpu must be >= 1, got {opts.parallel} and {opts.runs_per_gpu}")
     if opts.plan:
         print_plan(study, opts.stages, opts.arms)
         return
@@ -266,7 +272,7 @@ def main() -> None:
                 print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
                 if not todo:
                     return waiting
-                ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True))
+                ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True), runs_per_gpu=opts.runs_per_gpu)
 
         waited = [stage for stage in opts.stages if run_stage(stage)]
         for stage in waited:  # the ablation of a model that settles only at 8T, after the 8T stage

@@ -133,6 +133,13 @@ def test_process_clock_ignores_sleep(dm):
     assert budget.elapsed < 0.5  # 8 steps x 0.1 s of sleep is wall time, not CPU time: budget not reached
 
 
+def test_auto_clock_counts_process_time_on_a_cpu(dm):
+    budget = TimeBudget(0.5, clock="auto")
+    _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2), [Slow(0.1), budget], max_epochs=2)
+    assert budget.clock == "process" and budget.device == "cpu"
+    assert budget.elapsed < 0.5  # the sleeps are not counted: process time, as on a CPU it should be
+
+
 def test_cosine_decays_to_the_time_budget(dm):
     log = LrLog()
     budget = TimeBudget(0.5, clock="wall")

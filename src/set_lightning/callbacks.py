@@ -19,7 +19,7 @@ from set_lightning.errors import UserError
 from set_lightning.files import append_jsonl, write_text_atomic
 from set_lightning.plots import SELECT, pick_trajectories, prediction_figure
 
-CLOCKS = ("process", "wall")
+CLOCKS = ("process", "wall", "auto")
 
 
 class TimeBudget(Callback):
@@ -29,7 +29,10 @@ class TimeBudget(Callback):
     stops after the first optimiser step past ``budget_s``. ``clock="process"`` counts the CPU time
     of this process (with one torch thread, the wall-clock time on an idle core: a fair clock on a
     machine whose cores are shared with other work); ``clock="wall"`` counts wall-clock time (the
-    clock to use on GPUs or with several threads). A module with ``scheduler: cosine`` decays its
+    clock to use on GPUs or with several threads), synchronising CUDA where the clock starts and pauses
+    so that the queued GPU work of the last step is counted; ``clock="auto"`` takes ``wall`` when the
+    model trains on a GPU and ``process`` otherwise, decided when training starts (``device``
+    records where it trained). A module with ``scheduler: cosine`` decays its
     learning rate to 0 at the budget (``progress`` is the fraction spent).
 
     Under DDP every rank decides the same: at the end of each training step the ranks' clocks are
@@ -42,7 +45,7 @@ class TimeBudget(Callback):
 
     Args:
         budget_s: training budget in seconds on ``clock`` (> 0).
-        clock: ``process`` (CPU seconds of this process) or ``wall``.
+        clock: ``process`` (CPU seconds of this process), ``wall``, or ``auto`` (``wall`` on a GPU).
         curve_file: JSON-lines file for the validation curve (``None``: keep it in ``self.curve``).
     """
 
@@ -54,22 +57,27 @@ class TimeBudget(Callback):
         if clock not in CLOCKS:
             raise UserError(f"clock must be one of {CLOCKS}, got {clock!r}")
         self.budget_s, self.clock, self.curve_file = float(budget_s), clock, curve_file
+        self.device: Optional[str] = None  # where the model trained (set when training starts)
         self.elapsed = 0.0  # seconds spent training, on `clock`
         self.curve: list[dict[str, Any]] = []
         self._since: Optional[float] = None
         self._wall0: Optional[float] = None
         self._synced = 0.0  # seconds spent at the last optimiser step, the maximum over the DDP ranks
 
-    def _now(self) -> float:
-        return time.process_time() if self.clock == "process" else time.perf_counter()
+    def _now(self, sync: bool = False) -> float:
+        if self.clock == "wall":
+            if sync and self.device is not None and self.device.startswith("cuda"):
+                torch.cuda.synchronize()  # at a start or pause: the queued GPU work belongs before it
+            return time.perf_counter()
+        return time.process_time()  # process, or auto not yet resolved
 
     def _start(self) -> None:
         if self._since is None:
-            self._since = self._now()
+            self._since = self._now(sync=True)
 
     def _pause(self) -> None:
         if self._since is not None:
-            self.elapsed += self._now() - self._since
+            self.elapsed += self._now(sync=True) - self._since
             self._since = None
 
     @property
@@ -97,6 +105,9 @@ class TimeBudget(Callback):
             pl_module.budget_progress = min(1.0, spent / self.budget_s)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.device = str(trainer.strategy.root_device)
+        if self.clock == "auto":
+            self.clock = "wall" if trainer.strategy.root_device.type == "cuda" else "process"
         self._synced = self.synced_spent(trainer)  # a resumed run starts part-way
         self._share(pl_module, self._synced)
 

@@ -118,6 +118,8 @@ def test_rows_of_two_machines_are_refused_in_one_seconds_comparison():
         check_comparable(a, b, seconds=True)
     assert cpu_seconds(a + b) == "mixed machines"
     assert cpu_seconds(a + [_row(seed=1, cpu_s=200.0, machine=a[0]["machine_key"])]) == "150"
+    gpu = {**_row(machine="AMD EPYC | AVX2 | 1 thread(s) | NVIDIA H100"), "machine": {"clock": "wall"}}
+    assert cpu_seconds([gpu]) == "100 (wall)"  # a GPU run's seconds are wall-clock seconds, and say so
 
 
 def test_rows_of_two_model_functions_or_budgets_are_refused():
@@ -249,6 +251,7 @@ def test_a_unit_runs_end_to_end_and_is_then_skipped(tmp_path, data_cache):
     (row,) = ladder.rows()
     assert row["run_id"] == planned.run_id and row["steps"] == planned.max_steps == 2  # one epoch of 2 batches
     assert row["machine"]["cpu_capability"] and row["machine"]["threads"] == 1
+    assert row["machine"]["device"] == "cpu" and row["machine"]["clock"] == "process"  # where and how it was timed
     assert row["curve"] and row["curve"][-1]["step"] == row["steps"]  # the last validation is at the end
     assert np.isfinite(row["test_pos_mse"]) and row["fingerprint"] == planned.fingerprint
     per = [json.loads(line) for line in ladder.per_traj_file.read_text().splitlines()]

@@ -128,3 +128,18 @@ def test_nccl_ddp_time_budget_stops_both_ranks_together(tmp_path, data_cache):
     r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["global_step"] == r1["global_step"] and r0["lrs"] == r1["lrs"]
     assert np.isclose(r0["param_sum"], r1["param_sum"], rtol=0, atol=0)
+
+
+def test_ladder_units_share_one_gpu_and_record_its_wall_clock(tmp_path, data_cache):
+    from set_lightning.experiments.ladder import Ladder, Unit, pending
+
+    ladder = Ladder(tmp_path / "results" / "study", REPO, ["conf/data/small.yaml"], tmp_path / "runs")
+    tiny = {"config": "conf/egnn.yaml", "model.net.init_args.hidden": 8, "model.net.init_args.n_layers": 1,
+            "data.cache_dir": str(data_cache), "data.n_train": 100, "data.n_val": 50, "data.n_test": 50}
+    units = [Unit("EGNN", "lr=0.0005", tiny, seed, 1e-7) for seed in (0, 1)]
+    statuses = []
+    ladder.run_all(pending(ladder, units), parallel=2, log=statuses.append, runs_per_gpu=2)  # both on GPU 0
+    assert len(statuses) == 2 and all(s.startswith("done EGNN") for s in statuses), statuses
+    for row in ladder.rows():
+        assert row["machine"]["device"] == torch.cuda.get_device_name(0) and row["machine"]["clock"] == "wall"
+        assert row["machine_key"].endswith(torch.cuda.get_device_name(0))  # its seconds never meet a CPU's

@@ -226,9 +226,10 @@ class Ladder:
             "finished_at": result.get("finished_at"),
         }
 
-    def run_all(self, planned: Sequence[Planned], parallel: int, log: Callable[[str], None] = print) -> None:
+    def run_all(self, planned: Sequence[Planned], parallel: int, log: Callable[[str], None] = print,
+                runs_per_gpu: int = 1) -> None:
         """Run ``planned`` units with the local runner (one process each, one thread, ``parallel`` at a time,
-        each on its own slice of the GPUs where the config asks for one), recording each as it finishes.
+        on a GPU machine ``runs_per_gpu`` of them on each GPU), recording each as it finishes.
 
         An interrupted unit resumes from its ``last.ckpt`` (its folder is named by its identity).
         """
@@ -241,7 +242,7 @@ class Ladder:
             log(self.record(unit) if result is not None else f"FAILED {unit.unit.name}: {failure}")
 
         run_local([p.spec for p in planned], [p.trainer for p in planned], parallel, threads=1, on_done=done,
-                  command=lambda spec: [sys.executable, "-m", "set_lightning.experiments.ladder", str(spec.run_dir)])
+                  runs_per_gpu=runs_per_gpu, command=lambda spec: [sys.executable, "-m", "set_lightning.experiments.ladder", str(spec.run_dir)])
 
     def estimate_s(self, planned: Planned, machine: str) -> float:
         """CPU seconds a unit will take here: from finished rows of its configuration's shape on this
@@ -259,7 +260,11 @@ class Ladder:
 
 
 def worker(run_dir: str) -> None:
-    """One unit in this process: fit (curve to ``curve.jsonl``), test, ``machine.json``, ``result.json``."""
+    """One unit in this process: fit (curve to ``curve.jsonl``), test, ``machine.json``, ``result.json``.
+
+    Its seconds are CPU seconds of this process on a CPU and wall-clock seconds (CUDA synchronised at the
+    clock's starts and pauses) on a GPU; ``machine.json`` names the device it trained on and the clock.
+    """
     import torch
 
     from set_lightning.callbacks import TimeBudget
@@ -268,9 +273,14 @@ def worker(run_dir: str) -> None:
 
     torch.set_num_threads(1)
     path = Path(run_dir)
-    write_text_atomic(path / "machine.json", json.dumps(machine_info(), sort_keys=True))
-    budget = TimeBudget(SAFETY_S, clock="process", curve_file=str(path / "curve.jsonl"))
-    sys.exit(run_with_clean_errors(lambda: run_worker.run(RunSpec.load(path), callbacks=[budget])))
+    budget = TimeBudget(SAFETY_S, clock="auto", curve_file=str(path / "curve.jsonl"))
+
+    def fit_and_test() -> None:
+        run_worker.run(RunSpec.load(path), callbacks=[budget])
+        info = {**machine_info(budget.device or "cpu"), "clock": budget.clock}
+        write_text_atomic(path / "machine.json", json.dumps(info, sort_keys=True))
+
+    sys.exit(run_with_clean_errors(fit_and_test))
 
 
 def this_machine() -> str:

@@ -64,13 +64,15 @@ def check_comparable(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, An
 
 
 def cpu_seconds(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Mean training CPU seconds of the rows when they come from one machine; else names the machines."""
+    """Mean training CPU seconds of the rows when they come from one machine; else names the machines. Rows
+    trained on a GPU count wall-clock seconds (their machine's ``clock``), marked ``(wall)``."""
     try:
         check_comparable(rows, seconds=True)
     except UserError:
         return "mixed machines"
     vals = [r["train_cpu_s"] for r in rows if r.get("train_cpu_s")]
-    return f"{np.mean(vals):.0f}" if vals else "–"
+    wall = any(r.get("machine", {}).get("clock") == "wall" for r in rows)
+    return (f"{np.mean(vals):.0f}" + (" (wall)" if wall else "")) if vals else "–"
 
 
 def _fmt(x: Optional[float]) -> str:

@@ -3,7 +3,8 @@
 Runs are reported (and their rows appended to ``results.jsonl``) in the order they finish. On a
 machine with GPUs, each of the K slots owns its own GPUs: the visible GPUs are cut into K equal
 slices (:func:`gpu_slices`) and a run's process sees only its slot's slice through
-``CUDA_VISIBLE_DEVICES``, so two runs never share a GPU.
+``CUDA_VISIBLE_DEVICES``, so two runs never share a GPU; with ``runs_per_gpu=R``, R slots share each
+slice (small models that leave a GPU mostly idle: the budget-ladder study's runs).
 """
 
 from __future__ import annotations
@@ -92,12 +93,16 @@ def run_local(
     on_done: OnDone,
     n_gpus: Optional[int] = None,
     command: Optional[Callable[[RunSpec], list[str]]] = None,
+    runs_per_gpu: int = 1,
 ) -> None:
     """Run each of ``runs`` in a worker process, ``parallel`` at a time; call ``on_done`` as each finishes.
 
     ``trainers`` are the runs' resolved ``trainer`` configs (devices and accelerator pick the GPUs);
-    ``command`` gives the process of a run (default :func:`worker_command`: fit and test, ``result.json``).
+    ``command`` gives the process of a run (default :func:`worker_command`: fit and test, ``result.json``);
+    ``runs_per_gpu`` slots share each slice of the GPUs (1: every run has its own).
     """
+    if runs_per_gpu < 1:
+        raise UserError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
     if n_gpus is None:
         import torch
 
@@ -105,8 +110,13 @@ def run_local(
     on_gpu = [uses_gpu(t, n_gpus) for t in trainers]
     slices: list[Optional[list[int]]] = [None] * parallel
     if any(on_gpu):
-        needed = [requested_devices(t, n_gpus // parallel) for t, g in zip(trainers, on_gpu) if g]
-        slices = list(gpu_slices(n_gpus, parallel, needed))
+        groups = -(-parallel // runs_per_gpu)  # slices of the GPUs, each shared by runs_per_gpu slots
+        if runs_per_gpu > 1 and n_gpus < groups:
+            raise UserError(f"--parallel {parallel} with {runs_per_gpu} runs per GPU needs {groups} GPUs, this machine "
+                            f"has {n_gpus}; raise the runs per GPU to {-(-parallel // n_gpus)} or lower --parallel")
+        needed = [requested_devices(t, n_gpus // groups) for t, g in zip(trainers, on_gpu) if g]
+        shared = gpu_slices(n_gpus, groups, needed)
+        slices = [shared[k // runs_per_gpu] for k in range(parallel)]
     slots: "queue.Queue[int]" = queue.Queue()
     for k in range(parallel):
         slots.put(k)
