@@ -49,7 +49,7 @@ class TimeBudget(Callback):
         curve_file: JSON-lines file for the validation curve (``None``: keep it in ``self.curve``).
     """
 
-    def __init__(self, budget_s: float, clock: Literal["process", "wall"] = "process",
+    def __init__(self, budget_s: float, clock: Literal["process", "wall", "auto"] = "process",
                  curve_file: Optional[str] = None) -> None:
         super().__init__()
         if not budget_s > 0:
