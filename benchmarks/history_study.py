@@ -5,7 +5,8 @@ training FLOPs (``--tflop`` T, then 2T, 4T, ...): the same number of steps on ev
 speed of the code (:mod:`set_lightning.experiments.ladder`). A configuration is converged at a rung
 when doubling the budget changes its mean best validation MSE by less than 2%.
 
-Stages, in the order they run (a stage that needs an earlier one's answer waits for it):
+Stages, in the order they run (a stage that needs another one's answer waits for it, and runs as soon as it
+can):
 
 1. ``recipe``: SET L=10 and SET L=1 (both the shipped size, 2 blocks x 2 EGCLs) and EGNN, each at 3 learning
    rates (cosine to the last step, 30 warm-up steps; EGNN also with its own constant rate), seed 0, T;
@@ -44,7 +45,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from set_lightning.experiments.ladder import Ladder, Unit, pending, this_machine
+from set_lightning.experiments.ladder_report import current_cells
 from set_lightning.experiments.stats import first_converged, ladder_verdicts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +108,13 @@ class Study:
     def __init__(self, ladder: Ladder, t: float) -> None:
         self.ladder, self.t = ladder, t
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows the report reads (:func:`current_cells`): in each cell the current fingerprint's, one per seed
+        (should a unit have been run twice, e.g. on two machines, it counts once)."""
+        return [r for cell in current_cells(self.ladder.rows())[0].values() for r in cell]
+
     def _recipe_rows(self, family: str) -> dict[str, dict]:
-        return {r["recipe"]: r for r in self.ladder.rows()
+        return {r["recipe"]: r for r in self.rows()
                 if r["arm"] == family and r["seed"] == 0 and r["budget_tflop"] == self.t}
 
     def recipes(self, family: str) -> dict[str, dict[str, Any]]:
@@ -146,7 +155,7 @@ class Study:
         means = {}
         for arm in ("SET L=10", "SET L=10, last readout"):
             recipe = self.chosen_recipe(arm)
-            vals = [r["best_val_pos_mse"] for r in self.ladder.rows() if r["arm"] == arm
+            vals = [r["best_val_pos_mse"] for r in self.rows() if r["arm"] == arm
                     and r["budget_tflop"] == self.t and r["recipe"] == recipe]
             if len(vals) < len(SEEDS):
                 return None
@@ -157,7 +166,7 @@ class Study:
         """``{budget: mean best validation MSE}`` of ``arm`` (its chosen recipe) at the rungs where all seeds ran."""
         recipe = self.chosen_recipe(arm)
         by_rung: dict[float, list[float]] = {}
-        for r in self.ladder.rows():
+        for r in self.rows():
             if r["arm"] == arm and r["recipe"] == recipe:
                 by_rung.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
         return {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
@@ -226,7 +235,7 @@ def print_plan(study: Study, stages: list[str], arms: Optional[list[str]] = None
         todo = pending(study.ladder, [u for u in units if u is not None])
         hours = sum(study.ladder.estimate_s(p, machine) for p in todo) / 3600
         total += hours
-        print(f"  {stage:9s} {len(todo):3d} runs to do ({hours:5.2f} CPU-h)" + (f", {waiting} waiting on an earlier "
+        print(f"  {stage:9s} {len(todo):3d} runs to do ({hours:5.2f} CPU-h)" + (f", {waiting} waiting on another "
                                                                             "stage" if waiting else ""))
         for p in todo:
             print(f"      {p.unit.name}: {p.max_steps} steps ({p.tflop:.2f} TFLOP), "
@@ -258,13 +267,19 @@ def main() -> None:
                  "'<model>: <flag>' for the ablation)")
     if opts.parallel < 1 or opts.runs_per_gpu < 1:
         sys.exit(f"error: --parallel and --runs-per-gpu must be >= 1, got {opts.parallel} and {opts.runs_per_gpu}")
+    gpus = torch.cuda.device_count()
+    if opts.runs_per_gpu > 1 and gpus and -(-opts.parallel // opts.runs_per_gpu) > gpus:
+        sys.exit(f"error: --runs-per-gpu: --parallel {opts.parallel} with --runs-per-gpu {opts.runs_per_gpu} needs "
+                 f"{-(-opts.parallel // opts.runs_per_gpu)} GPUs, this machine has {gpus}; use --runs-per-gpu "
+                 f"{-(-opts.parallel // gpus)} or more")
     if opts.plan:
         print_plan(study, opts.stages, opts.arms)
         return
     if not opts.report_only:
 
         def run_stage(stage: str) -> int:
-            """Run the stage's pending units; the number still waiting on an earlier stage's answer."""
+            """Run the stage's pending units; the number still waiting on another stage's answer."""
+            tried: set[str] = set()
             while True:  # a stage can grow as it runs (the recipe search extends past a winning edge)
                 units = [u for u in study.units(stage) if u is None or not opts.arms or u.arm in opts.arms]
                 todo = pending(ladder, [u for u in units if u is not None])
@@ -272,14 +287,24 @@ def main() -> None:
                 print(f"stage {stage}: {len(todo)} runs to do" + (f", {waiting} waiting" if waiting else ""), flush=True)
                 if not todo:
                     return waiting
+                if {p.run_id for p in todo} <= tried:  # all of them ran and failed: not again in this process
+                    print(f"stage {stage}: {len(todo)} runs failed (see FAILED above); leaving them", flush=True)
+                    return waiting
+                tried |= {p.run_id for p in todo}
                 ladder.run_all(todo, opts.parallel, log=lambda s: print(s, flush=True), runs_per_gpu=opts.runs_per_gpu)
 
-        waiting: list[str] = []
+        waiting: dict[str, int] = {}  # stage -> its units waiting on another stage's answer
         for stage in opts.stages:
-            if run_stage(stage):
-                waiting.append(stage)
-            # a stage that waited on this one's answer runs now (the ablation of a model settled only at 8T)
-            waiting = [w for w in waiting if w == stage or run_stage(w)]
+            waiting[stage] = run_stage(stage)
+            # the waiting stages, in the study's order, until a pass changes nothing (the ablation of a model
+            # that settled only at 8T runs right after 8T)
+            while True:
+                waiting = {w: n for w, n in waiting.items() if n}
+                before = dict(waiting)
+                for w in sorted(waiting, key=STAGES.index):
+                    waiting[w] = run_stage(w)
+                if waiting == before:
+                    break
     from set_lightning.experiments.ladder_report import history_report
 
     history_report(out, t=opts.tflop, headline=HEADLINE, pairs=PAIRS, recipe_of=RECIPE_OF,

@@ -496,6 +496,9 @@ def main() -> None:
     args.budget = args.budget or (5.0 if args.quick else 45.0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.breakdown and device.type != "cpu":
+        sys.exit(f"error: --breakdown times each op on the host and needs --device cpu, got --device {args.device} "
+                 "(on a GPU an op's host time is its launch, not its run)")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -136,8 +136,31 @@ def test_process_clock_ignores_sleep(dm):
 def test_auto_clock_counts_process_time_on_a_cpu(dm):
     budget = TimeBudget(0.5, clock="auto")
     _fit(dm, NBodyLightningModule(build_model("linear"), lr=1e-2), [Slow(0.1), budget], max_epochs=2)
-    assert budget.clock == "process" and budget.device == "cpu"
+    assert budget.timing == "process" and budget.device == "cpu" and budget.clock == "auto"
     assert budget.elapsed < 0.5  # the sleeps are not counted: process time, as on a CPU it should be
+
+
+def test_the_machine_record_names_device_and_clock_also_when_a_resumed_fit_has_no_step_left(dm, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from set_lightning.callbacks import RecordMachine
+
+    def fit(ckpt_path=None):
+        budget = TimeBudget(100.0, clock="auto")
+        record = tmp_path / "machine.json"
+        record.unlink(missing_ok=True)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             max_steps=4, callbacks=[budget, RecordMachine(str(record), budget, {"gpu_shared_by": 2}),
+                                                     ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+        trainer.fit(NBodyLightningModule(build_model("linear"), lr=1e-2), datamodule=dm, ckpt_path=ckpt_path)
+        return trainer, json.loads(record.read_text())
+
+    trainer, info = fit()
+    assert trainer.global_step == 4 and info["device"] == "cpu" and info["clock"] == "process"
+    assert info["revision"] and info["threads"] >= 1 and info["gpu_shared_by"] == 2
+    # resumed at max_steps (a worker stopped while testing): the fit loop never starts, the record is still right
+    trainer, info = fit(ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 4 and info["device"] == "cpu" and info["clock"] == "process"
 
 
 def test_cosine_decays_to_the_time_budget(dm):

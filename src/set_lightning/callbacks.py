@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shlex
 import sys
 import time
@@ -31,8 +32,8 @@ class TimeBudget(Callback):
     machine whose cores are shared with other work); ``clock="wall"`` counts wall-clock time (the
     clock to use on GPUs or with several threads), synchronising CUDA where the clock starts and pauses
     so that the queued GPU work of the last step is counted; ``clock="auto"`` takes ``wall`` when the
-    model trains on a GPU and ``process`` otherwise, decided when training starts (``device``
-    records where it trained). A module with ``scheduler: cosine`` decays its
+    model trains on an accelerator and ``process`` on a CPU, decided when the fit starts (also when a
+    resumed fit has no step left): ``timing`` is the clock in use and ``device`` where it trained. A module with ``scheduler: cosine`` decays its
     learning rate to 0 at the budget (``progress`` is the fraction spent).
 
     Under DDP every rank decides the same: at the end of each training step the ranks' clocks are
@@ -57,19 +58,27 @@ class TimeBudget(Callback):
         if clock not in CLOCKS:
             raise UserError(f"clock must be one of {CLOCKS}, got {clock!r}")
         self.budget_s, self.clock, self.curve_file = float(budget_s), clock, curve_file
-        self.device: Optional[str] = None  # where the model trained (set when training starts)
+        self.device: Optional[str] = None  # where the model trained (set when the fit starts)
+        self.timing: str = "process" if clock == "auto" else clock  # the clock in use (auto: see resolve)
         self.elapsed = 0.0  # seconds spent training, on `clock`
         self.curve: list[dict[str, Any]] = []
         self._since: Optional[float] = None
         self._wall0: Optional[float] = None
         self._synced = 0.0  # seconds spent at the last optimiser step, the maximum over the DDP ranks
 
+    def resolve(self, trainer: pl.Trainer) -> None:
+        """Record the device the fit runs on and, for ``clock="auto"``, choose the clock (idempotent)."""
+        root = trainer.strategy.root_device
+        self.device = str(root)
+        if self.clock == "auto":
+            self.timing = "process" if root.type == "cpu" else "wall"
+
     def _now(self, sync: bool = False) -> float:
-        if self.clock == "wall":
+        if self.timing == "wall":
             if sync and self.device is not None and self.device.startswith("cuda"):
                 torch.cuda.synchronize()  # at a start or pause: the queued GPU work belongs before it
             return time.perf_counter()
-        return time.process_time()  # process, or auto not yet resolved
+        return time.process_time()
 
     def _start(self) -> None:
         if self._since is None:
@@ -104,10 +113,10 @@ class TimeBudget(Callback):
         if hasattr(pl_module, "budget_progress"):
             pl_module.budget_progress = min(1.0, spent / self.budget_s)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.resolve(trainer)  # every rank alike: the same accelerator type on all of them
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.device = str(trainer.strategy.root_device)
-        if self.clock == "auto":
-            self.clock = "wall" if trainer.strategy.root_device.type == "cuda" else "process"
         self._synced = self.synced_spent(trainer)  # a resumed run starts part-way
         self._share(pl_module, self._synced)
 
@@ -151,6 +160,32 @@ class TimeBudget(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.elapsed = float(state_dict.get("elapsed", 0.0))
         self.curve = list(state_dict.get("curve", []))
+
+
+class RecordMachine(Callback):
+    """Write what a timed run needs to know about its machine to a JSON file when the fit starts: the CPU,
+    threads, torch version and code revision (:func:`~set_lightning.compute.machine_info`), the device the
+    fit runs on (the GPU's name on CUDA) and the clock of its ``budget`` (``process`` or ``wall``), plus
+    ``extra`` values (e.g. how many runs shared the GPU). At the start, so that it names the revision that
+    trains, and so that the file exists before any result does.
+
+    Args:
+        path: the JSON file.
+        budget: the run's :class:`TimeBudget` (its clock is resolved here first).
+        extra: more keys for the file.
+    """
+
+    def __init__(self, path: str, budget: TimeBudget, extra: Optional[dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.path, self.budget, self.extra = path, budget, dict(extra or {})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from set_lightning.compute import machine_info
+
+        self.budget.resolve(trainer)
+        if trainer.global_rank == 0:
+            info = {**machine_info(str(trainer.strategy.root_device)), "clock": self.budget.timing, **self.extra}
+            write_text_atomic(Path(self.path), json.dumps(info, sort_keys=True))
 
 
 class RemoveRunOnError(Callback):

@@ -90,6 +90,8 @@ def machine_key(info: Mapping[str, Any]) -> str:
     """One string per kind of machine (and of code: rows of ``model.compile`` end in :data:`COMPILED`):
     seconds are comparable only between rows with the same key."""
     key = f"{info.get('cpu')} | {info.get('cpu_capability')} | {info.get('threads')} thread(s) | {info.get('device')}"
+    if info.get("gpu_shared_by", 1) > 1:  # wall seconds of runs that waited on each other
+        key += f" shared by {info['gpu_shared_by']}"
     return key + (COMPILED if info.get("compiled") else "")
 
 

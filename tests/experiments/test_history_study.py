@@ -23,8 +23,9 @@ class Rows:
         return self.data
 
     def add(self, arm: str, recipe: str, seed: int, tflop: float, val: float, test: float | None = None) -> None:
-        self.data.append({"arm": arm, "recipe": recipe, "seed": seed, "budget_tflop": tflop,
-                          "best_val_pos_mse": val, "test_pos_mse": val if test is None else test})
+        self.data.append({"arm": arm, "recipe": recipe, "seed": seed, "budget_tflop": tflop, "fingerprint": [1.0],
+                          "best_val_pos_mse": val, "test_pos_mse": val if test is None else test,
+                          "finished_at": f"{len(self.data):06d}"})
 
 
 @pytest.fixture
@@ -116,3 +117,10 @@ def test_the_ablation_waits_for_its_model_and_runs_at_its_first_settled_rung(stu
     assert len(units) == len(hs.FLIPS) * len(hs.ABLATION_SEEDS) and all(u.arm.startswith("SET L=10: ") for u in units)
     _rung(study, "SET L=10", 8, 0.0030)  # had 8T kept improving (the mean of both runs: 4T still not converged)
     assert {u.budget_tflop for u in study.units("ablation")} == {80.0}  # ... the top rung
+
+
+def test_a_seed_run_twice_counts_once_in_the_ladder(study):
+    _chosen(study)
+    _rung(study, "SET L=10", 1, 0.0100, seeds=hs.SEEDS[1:])
+    study.ladder.add("SET L=10", "lr=0.0005", 0, 10.0, 0.0050)  # seed 0 again (another machine): the newest counts
+    assert study.full_rung_means("SET L=10")[10.0] == pytest.approx((0.0050 + 4 * 0.0100) / 5)

@@ -240,6 +240,12 @@ def test_the_report_tables_the_ladder_and_leaves_stale_rows_out(tmp_path):
     assert out.with_suffix(".png").is_file()
 
 
+def test_runs_that_shared_a_gpu_have_their_own_seconds_key(tmp_path):
+    info = {**machine_info("cpu"), "threads": 1}
+    assert machine_key({**info, "gpu_shared_by": 4}) == machine_key(info) + " shared by 4"
+    assert machine_key({**info, "gpu_shared_by": 1}) == machine_key(info)
+
+
 def test_a_unit_runs_end_to_end_and_is_then_skipped(tmp_path, data_cache):
     ladder = Ladder(tmp_path / "results" / "study", REPO, SMALL_DATA, tmp_path / "runs")
     unit = Unit("EGNN", "lr=0.0005", {**TINY, "data.cache_dir": str(data_cache), "data.n_train": 100,

@@ -37,16 +37,18 @@ def test_gpu_slices_give_each_run_its_own_gpus():
 
 def test_runs_per_gpu_share_each_slice(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(local, "_execute", lambda run, env: seen.append((run.variant, env["CUDA_VISIBLE_DEVICES"]))
+    monkeypatch.setattr(local, "_execute", lambda run, env: seen.append((env[local.GPU_SHARED_ENV],
+                                                                         env["CUDA_VISIBLE_DEVICES"]))
                         or time.sleep(0.2) or (run, {"test_pos_mse": 0.0}, ""))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     gpu = [{"accelerator": "auto", "devices": 1}]
     local.run_local(_fake_runs(tmp_path, 4), gpu * 4, 4, 1, on_done=lambda *a: None, n_gpus=2, runs_per_gpu=2)
     assert sorted(g for _, g in seen) == ["0", "0", "1", "1"]  # 4 at once: two on each GPU
+    assert {shared for shared, _ in seen} == {"2"}  # and each run is told so (its seconds are shared time)
     seen.clear()
     local.run_local(_fake_runs(tmp_path, 3), gpu * 3, 3, 1, on_done=lambda *a: None, n_gpus=1, runs_per_gpu=3)
     assert [g for _, g in seen] == ["0", "0", "0"]
-    with pytest.raises(UserError, match="--parallel 4 with 2 runs per GPU needs 2 GPUs.*raise the runs per GPU to 4"):
+    with pytest.raises(UserError, match="--parallel 4 with --runs-per-gpu 2 needs 2 GPUs.*raise --runs-per-gpu to 4"):
         local.run_local(_fake_runs(tmp_path, 1), gpu, 4, 1, on_done=lambda *a: None, n_gpus=1, runs_per_gpu=2)
     with pytest.raises(UserError, match="runs_per_gpu must be >= 1"):
         local.run_local(_fake_runs(tmp_path, 1), gpu, 1, 1, on_done=lambda *a: None, n_gpus=1, runs_per_gpu=0)

@@ -138,8 +138,9 @@ def test_ladder_units_share_one_gpu_and_record_its_wall_clock(tmp_path, data_cac
             "data.cache_dir": str(data_cache), "data.n_train": 100, "data.n_val": 50, "data.n_test": 50}
     units = [Unit("EGNN", "lr=0.0005", tiny, seed, 1e-7) for seed in (0, 1)]
     statuses = []
-    ladder.run_all(pending(ladder, units), parallel=2, log=statuses.append, runs_per_gpu=2)  # both on GPU 0
+    ladder.run_all(pending(ladder, units), parallel=2, log=statuses.append, runs_per_gpu=2)  # both on the first GPU
     assert len(statuses) == 2 and all(s.startswith("done EGNN") for s in statuses), statuses
     for row in ladder.rows():
         assert row["machine"]["device"] == torch.cuda.get_device_name(0) and row["machine"]["clock"] == "wall"
-        assert row["machine_key"].endswith(torch.cuda.get_device_name(0))  # its seconds never meet a CPU's
+        assert row["machine_key"].endswith(torch.cuda.get_device_name(0) + " shared by 2")  # never meets a CPU's
+        assert row["machine"]["gpu_shared_by"] == 2

@@ -195,7 +195,8 @@ class Ladder:
             append_jsonl(self.rows_file, [row])
             append_jsonl(self.per_traj_file, [{"run_id": planned.run_id, **per}])
         return (f"done {unit.name}: test {row['test_pos_mse']:.5f}, best val {row['best_val_pos_mse']:.5f} "
-                f"at step {row['best_step']} of {row['steps']}, {row['train_cpu_s']:.0f} CPU-s")
+                f"at step {row['best_step']} of {row['steps']}, {row['train_cpu_s']:.0f} "
+                + ("s (wall)" if machine.get("clock") == "wall" else "CPU-s"))
 
     def row(self, planned: Planned, result: Mapping[str, Any], curve: Sequence[Mapping[str, Any]],
             machine: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,31 +261,35 @@ class Ladder:
 
 
 def worker(run_dir: str) -> None:
-    """One unit in this process: fit (curve to ``curve.jsonl``), test, ``machine.json``, ``result.json``.
+    """One unit in this process: ``machine.json`` when the fit starts, fit (curve to ``curve.jsonl``), test,
+    ``result.json``.
 
     Its seconds are CPU seconds of this process on a CPU and wall-clock seconds (CUDA synchronised at the
-    clock's starts and pauses) on a GPU; ``machine.json`` names the device it trained on and the clock.
+    clock's starts and pauses) on a GPU; ``machine.json`` names the device it trained on, the clock and,
+    when the runner put several runs on one GPU, how many shared it.
     """
+    import os
+
     import torch
 
-    from set_lightning.callbacks import TimeBudget
+    from set_lightning.callbacks import RecordMachine, TimeBudget
     from set_lightning.errors import run_with_clean_errors
     from set_lightning.experiments import worker as run_worker
+    from set_lightning.experiments.local import GPU_SHARED_ENV
 
     torch.set_num_threads(1)
     path = Path(run_dir)
     budget = TimeBudget(SAFETY_S, clock="auto", curve_file=str(path / "curve.jsonl"))
-
-    def fit_and_test() -> None:
-        run_worker.run(RunSpec.load(path), callbacks=[budget])
-        info = {**machine_info(budget.device or "cpu"), "clock": budget.clock}
-        write_text_atomic(path / "machine.json", json.dumps(info, sort_keys=True))
-
-    sys.exit(run_with_clean_errors(fit_and_test))
+    shared = int(os.environ.get(GPU_SHARED_ENV, "1"))
+    record = RecordMachine(str(path / "machine.json"), budget, {"gpu_shared_by": shared} if shared > 1 else None)
+    sys.exit(run_with_clean_errors(lambda: run_worker.run(RunSpec.load(path), callbacks=[budget, record])))
 
 
 def this_machine() -> str:
-    return machine_key({**machine_info(), "threads": 1})
+    """The machine key a unit run here would get (on a GPU machine: its first GPU, where the runs go)."""
+    import torch
+
+    return machine_key({**machine_info("cuda" if torch.cuda.is_available() else "cpu"), "threads": 1})
 
 
 def pending(ladder: Ladder, units: Iterable[Unit]) -> list[Planned]:

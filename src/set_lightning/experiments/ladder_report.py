@@ -88,6 +88,25 @@ def _ms(vals: Sequence[float]) -> str:
     return f"{_fmt(float(np.mean(vals)))} ± {_fmt(float(np.std(vals, ddof=1)))}" if len(vals) > 1 else _fmt(vals[0])
 
 
+def current_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, list[dict[str, Any]]], int]:
+    """The rows that count, by cell ``(arm, recipe, budget)``: of the fingerprint of the cell's newest row, one
+    per seed (a seed run twice, e.g. on two machines, keeps its newest row); and the number of stale rows
+    (an older fingerprint) left out."""
+    cells: dict[tuple, list[dict[str, Any]]] = OrderedDict()
+    for r in rows:
+        cells.setdefault((r["arm"], r["recipe"], r["budget_tflop"]), []).append(dict(r))
+    out, stale = {}, 0
+    for key, cell in cells.items():
+        newest = max(cell, key=lambda r: r.get("finished_at") or "")["fingerprint"]
+        keep = [r for r in cell if r["fingerprint"] == newest]
+        stale += len(cell) - len(keep)
+        by_seed = {}
+        for r in sorted(keep, key=lambda r: r.get("finished_at") or ""):
+            by_seed[r["seed"]] = r
+        out[key] = [by_seed[s] for s in sorted(by_seed)]
+    return out, stale
+
+
 class LadderRows:
     """The rows of a study, grouped: ``cells[(arm, recipe, budget)]`` -> rows of the current fingerprint.
 
@@ -101,19 +120,7 @@ class LadderRows:
         self.per_traj = {p["run_id"]: np.asarray(p["pos_mse"]) for p in
                          read_jsonl(self.out.parent / f"{self.out.name}_per_traj.jsonl")}
         self.all = rows
-        cells: dict[tuple, list[dict[str, Any]]] = OrderedDict()
-        for r in rows:
-            cells.setdefault((r["arm"], r["recipe"], r["budget_tflop"]), []).append(r)
-        self.cells, self.stale = {}, 0
-        for key, cell in cells.items():
-            newest = max(cell, key=lambda r: r.get("finished_at") or "")["fingerprint"]
-            keep = [r for r in cell if r["fingerprint"] == newest]
-            self.stale += len(cell) - len(keep)
-            # one row per seed (a rerun of a seed keeps the newest)
-            by_seed = {}
-            for r in sorted(keep, key=lambda r: r.get("finished_at") or ""):
-                by_seed[r["seed"]] = r
-            self.cells[key] = [by_seed[s] for s in sorted(by_seed)]
+        self.cells, self.stale = current_cells(rows)
 
     def arms(self) -> list[str]:
         return list(OrderedDict.fromkeys(k[0] for k in self.cells))
@@ -273,7 +280,7 @@ def history_report(out: str | Path, t: float, headline: Sequence[str], pairs: Op
            "error is as large as the 2% tolerance, the verdict is within the noise of the seeds (a *no gain* "
            "within the noise may also be a flat curve). Distribution columns: "
            "per-trajectory test MSE, averaged over seeds. CPU-s: training seconds of one run on one thread "
-           "(validation excluded).", "",
+           "(validation excluded; wall-clock seconds, marked (wall), for runs trained on a GPU).", "",
            *_table(["model", "recipe", "TFLOP", "seeds", "steps", "best val MSE", "verdict", "test MSE",
                     "median", "p90", "p99", "max", "CPU-s"], ladder_rows)]
 

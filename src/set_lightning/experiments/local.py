@@ -21,6 +21,8 @@ from set_lightning.errors import UserError
 from set_lightning.experiments.records import read_result, write_job
 from set_lightning.experiments.spec import RunSpec
 
+#: the environment variable that tells a run how many runs share its GPU (set when more than one does)
+GPU_SHARED_ENV = "SET_LIGHTNING_GPU_SHARED_BY"
 #: called with (run, result row or None, failure message) as each run finishes
 OnDone = Callable[[RunSpec, Optional[dict[str, Any]], str], None]
 
@@ -112,8 +114,8 @@ def run_local(
     if any(on_gpu):
         groups = -(-parallel // runs_per_gpu)  # slices of the GPUs, each shared by runs_per_gpu slots
         if runs_per_gpu > 1 and n_gpus < groups:
-            raise UserError(f"--parallel {parallel} with {runs_per_gpu} runs per GPU needs {groups} GPUs, this machine "
-                            f"has {n_gpus}; raise the runs per GPU to {-(-parallel // n_gpus)} or lower --parallel")
+            raise UserError(f"--parallel {parallel} with --runs-per-gpu {runs_per_gpu} needs {groups} GPUs, this machine "
+                            f"has {n_gpus}; raise --runs-per-gpu to {-(-parallel // n_gpus)} or lower --parallel")
         needed = [requested_devices(t, n_gpus // groups) for t, g in zip(trainers, on_gpu) if g]
         shared = gpu_slices(n_gpus, groups, needed)
         slices = [shared[k // runs_per_gpu] for k in range(parallel)]
@@ -127,6 +129,8 @@ def run_local(
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             if gpu and slices[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = visible_devices(slices[slot])
+                if runs_per_gpu > 1:
+                    env[GPU_SHARED_ENV] = str(runs_per_gpu)  # the ladder's rows record it
             return _execute(run, env) if command is None else _execute(run, env, command)
         finally:
             slots.put(slot)
