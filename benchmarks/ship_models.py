@@ -11,6 +11,9 @@ study row it came from.
     python benchmarks/ship_models.py --tflop 10                       # the models of the 10-TFLOP rung
     python benchmarks/ship_models.py --tflop 10 --arms "SET L=10"     # one of them
 
+A model whose ladder has settled (converged or no gain from that rung on) ships as *final* from its settled
+rung only (another --tflop is refused); a model still improving ships as *provisional*.
+
 The other systems (``--study springs5`` / ``gravity100``): a model of ``benchmarks/time_to_accuracy.py``'s
 study ships from its run folder, ``runs/<study>/<model>/seed_<s>/`` (trained there by
 ``time_to_accuracy.py --study <study> --models <model> --seeds <s>``): that run's best-validation
@@ -36,6 +39,7 @@ import torch
 
 from set_lightning.experiments.ladder import slug
 from set_lightning.experiments.ladder_report import LadderRows, recipe_choice
+from set_lightning.experiments.stats import first_converged, ladder_verdicts
 from set_lightning.files import write_text_atomic
 from set_lightning.trained import (
     MANIFEST_FILE,
@@ -202,8 +206,6 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["SET L=10", "SET L=1", "EGNN"], choices=sorted(NAMES))
     parser.add_argument("--results", default=str(REPO / "results" / "history"))
     parser.add_argument("--recipe-tflop", type=float, default=10.0, help="the recipe search's rung (default 10)")
-    parser.add_argument("--last-rung", action="store_true",
-                        help="the rung is the one the study ends on (the manifest then calls the models final)")
     parser.add_argument("--study", choices=sorted({s for s, _ in STUDY_NAMES}),
                         help="ship from time_to_accuracy.py's run folders of this study instead")
     parser.add_argument("--models", nargs="+", help="--study: the model labels (default: all that ship from it)")
@@ -235,12 +237,21 @@ def main() -> None:
         entries[NAMES[arm]] = ship(rows, arm, recipe, opts.tflop, REPO / "runs" / results.name)
         final = study.chosen_recipe(family) is not None
         seeds = len(rows.cell(arm, recipe, opts.tflop))
-        entries[NAMES[arm]]["status"] = (
-            (f"recipe final; the best-validation seed of the {seeds} finished at {opts.tflop:g} TFLOP" if final else
-             f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} TFLOP")
-            + ("" if opts.last_rung and seeds >= 5 and final else
-               "; replaced when more seeds finish" if opts.last_rung else
-               "; replaced from the ladder's higher rungs as they finish"))
+        verdicts = ladder_verdicts(study.full_rung_means(arm))
+        settled = first_converged(verdicts)
+        if settled is not None and abs(settled - opts.tflop) > 1e-9:
+            raise SystemExit(f"error: --tflop: {arm} settled at {settled:g} TFLOP (its ladder's verdicts), not "
+                             f"{opts.tflop:g}; ship it with --tflop {settled:g}")
+        if settled is not None and final and seeds >= 5:
+            verdict = next(v for v in verdicts if v.budget == settled)
+            status = (f"final: the study's answer for this model, which settled at {settled:g} TFLOP "
+                      f"({verdict.verdict}: {100 * verdict.change:+.1f}% at {2 * settled:g}); the best-validation "
+                      f"seed of the {seeds}")
+        else:
+            status = ((f"recipe final; the best-validation seed of the {seeds} finished at {opts.tflop:g} TFLOP" if final
+                       else f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} "
+                            "TFLOP") + "; provisional: replaced from the ladder's higher rungs as they finish")
+        entries[NAMES[arm]]["status"] = status
         print(f"{NAMES[arm]}: test {entries[NAMES[arm]]['test']['pos_mse']:.6g}", flush=True)
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 

@@ -39,9 +39,11 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_same_learning_ra
     took = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = _ranks(probe)
-    # rank 1 burns 20 ms more CPU a step: its own clock is well ahead, yet both stop at the same step
-    assert r1["own_clock_s"] > r0["own_clock_s"] + 0.3, (r0["own_clock_s"], r1["own_clock_s"])
+    # rank 1 burns 20 ms more CPU a step: its own clock is ahead by about that much a step (at least half of
+    # it: on busy cores rank 0's clock also runs while it waits in the collectives), yet both stop at one step
     assert r0["global_step"] == r1["global_step"] > 10
+    extra = r1["own_clock_s"] - r0["own_clock_s"]
+    assert extra > 0.5 * 0.02 * r0["global_step"], (r0["own_clock_s"], r1["own_clock_s"], r0["global_step"])
     assert r0["steps"] == r1["steps"]
     # bounded: at most one step past the 2 s budget on the faster clock, and the command ended
     assert max(r0["own_clock_s"], r1["own_clock_s"]) < 2 + 1.0
