@@ -34,6 +34,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -200,6 +201,31 @@ def ship_study(study: str, labels: list[str], seed: int, runs: Path, note: str =
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
+def ship_status(study: Any, arm: str, family: str, tflop: float, seeds: int, recipe_tflop: float) -> str:
+    """The manifest status of ``arm`` shipped from rung ``tflop`` (``seeds`` finished there), from the study's own
+    verdicts: *final* at the rung where its ladder settled; *provisional* while it still improves. Exits with one
+    ``error:`` line for a rung that is not the model's answer: another rung than the settled one, or a rung below
+    the top complete one of a model still improving."""
+    final = study.chosen_recipe(family) is not None
+    means = study.full_rung_means(arm)
+    verdicts = ladder_verdicts(means)
+    settled = first_converged(verdicts)
+    if settled is not None and abs(settled - tflop) > 1e-9:
+        raise SystemExit(f"error: --tflop: {arm} settled at {settled:g} TFLOP (its ladder's verdicts), not "
+                         f"{tflop:g}; ship it with --tflop {settled:g}")
+    if settled is None and means and tflop < max(means):
+        raise SystemExit(f"error: --tflop: {arm} is still improving and its top complete rung is {max(means):g} "
+                         f"TFLOP, above {tflop:g}; ship it with --tflop {max(means):g}")
+    if settled is not None and final and seeds >= 5:
+        verdict = next(v for v in verdicts if v.budget == settled)
+        return (f"final: the study's answer for this model, which settled at {settled:g} TFLOP "
+                f"({verdict.verdict}: {100 * verdict.change:+.1f}% at {2 * settled:g}); the best-validation seed of "
+                f"the {seeds}")
+    return ((f"recipe final; the best-validation seed of the {seeds} finished at {tflop:g} TFLOP" if final
+             else f"the best recipe so far of a search still running at {recipe_tflop:g} TFLOP")
+            + "; provisional: replaced from the ladder's higher rungs as they finish")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tflop", type=float, help="the rung whose models ship (the history study)")
@@ -231,26 +257,14 @@ def main() -> None:
     rows = LadderRows(results)
     study = Study(Ladder(results, REPO, DATA, REPO / "runs" / results.name), opts.recipe_tflop)
     entries = manifest()
+    statuses = {}  # every model's rung is checked before any file is written
     for arm in opts.arms:
         family = RECIPE_OF.get(arm, arm)
         recipe, _ = recipe_choice(rows, family, opts.recipe_tflop)
+        statuses[arm] = (recipe, ship_status(study, arm, family, opts.tflop, len(rows.cell(arm, recipe, opts.tflop)),
+                                             opts.recipe_tflop))
+    for arm, (recipe, status) in statuses.items():
         entries[NAMES[arm]] = ship(rows, arm, recipe, opts.tflop, REPO / "runs" / results.name)
-        final = study.chosen_recipe(family) is not None
-        seeds = len(rows.cell(arm, recipe, opts.tflop))
-        verdicts = ladder_verdicts(study.full_rung_means(arm))
-        settled = first_converged(verdicts)
-        if settled is not None and abs(settled - opts.tflop) > 1e-9:
-            raise SystemExit(f"error: --tflop: {arm} settled at {settled:g} TFLOP (its ladder's verdicts), not "
-                             f"{opts.tflop:g}; ship it with --tflop {settled:g}")
-        if settled is not None and final and seeds >= 5:
-            verdict = next(v for v in verdicts if v.budget == settled)
-            status = (f"final: the study's answer for this model, which settled at {settled:g} TFLOP "
-                      f"({verdict.verdict}: {100 * verdict.change:+.1f}% at {2 * settled:g}); the best-validation "
-                      f"seed of the {seeds}")
-        else:
-            status = ((f"recipe final; the best-validation seed of the {seeds} finished at {opts.tflop:g} TFLOP" if final
-                       else f"provisional: the best recipe so far of a search still running at {opts.recipe_tflop:g} "
-                            "TFLOP") + "; provisional: replaced from the ladder's higher rungs as they finish")
         entries[NAMES[arm]]["status"] = status
         print(f"{NAMES[arm]}: test {entries[NAMES[arm]]['test']['pos_mse']:.6g}", flush=True)
         write_text_atomic(MANIFEST_FILE, json.dumps(entries, indent=1, sort_keys=True) + "\n")

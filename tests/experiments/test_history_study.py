@@ -124,3 +124,20 @@ def test_a_seed_run_twice_counts_once_in_the_ladder(study):
     _rung(study, "SET L=10", 1, 0.0100, seeds=hs.SEEDS[1:])
     study.ladder.add("SET L=10", "lr=0.0005", 0, 10.0, 0.0050)  # seed 0 again (another machine): the newest counts
     assert study.full_rung_means("SET L=10")[10.0] == pytest.approx((0.0050 + 4 * 0.0100) / 5)
+
+
+def test_a_model_ships_as_final_only_from_its_settled_rung(study):
+    import ship_models
+
+    _chosen(study)
+    _rung(study, "SET L=10", 1, 0.0100)
+    _rung(study, "SET L=10", 2, 0.0090)  # still improving at T
+    status = ship_models.ship_status(study, "SET L=10", "SET L=10", 20.0, 5, 10.0)
+    assert status.startswith("recipe final") and "provisional" in status
+    with pytest.raises(SystemExit, match="still improving and its top complete rung is 20 TFLOP"):
+        ship_models.ship_status(study, "SET L=10", "SET L=10", 10.0, 5, 10.0)  # below its best rung: refused
+    _rung(study, "SET L=10", 4, 0.0091)  # flat from 2T: converged at 20
+    assert ship_models.ship_status(study, "SET L=10", "SET L=10", 20.0, 5, 10.0).startswith(
+        "final: the study's answer for this model, which settled at 20 TFLOP (converged: +1.1% at 40)")
+    with pytest.raises(SystemExit, match="settled at 20 TFLOP.*ship it with --tflop 20"):
+        ship_models.ship_status(study, "SET L=10", "SET L=10", 40.0, 5, 10.0)
