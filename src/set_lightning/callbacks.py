@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, RichModelSummary, RichProgressBar
 
+from set_lightning.compute import machine_info
 from set_lightning.errors import UserError
 from set_lightning.files import append_jsonl, write_text_atomic
 from set_lightning.plots import SELECT, pick_trajectories, prediction_figure
@@ -33,8 +34,9 @@ class TimeBudget(Callback):
     clock to use on GPUs or with several threads), synchronising CUDA where the clock starts and pauses
     so that the queued GPU work of the last step is counted; ``clock="auto"`` takes ``wall`` when the
     model trains on an accelerator and ``process`` on a CPU, decided when the fit starts (also when a
-    resumed fit has no step left): ``timing`` is the clock in use and ``device`` where it trained. A module with ``scheduler: cosine`` decays its
-    learning rate to 0 at the budget (``progress`` is the fraction spent).
+    resumed fit has no step left): ``timing`` is the clock in use and ``device`` where it trained.
+    A module with ``scheduler: cosine`` decays its learning rate to 0 at the budget (``progress`` is
+    the fraction spent).
 
     Under DDP every rank decides the same: at the end of each training step the ranks' clocks are
     reduced (their maximum: the budget is spent when the slowest rank's clock says so), and every rank
@@ -180,8 +182,6 @@ class RecordMachine(Callback):
         self.path, self.budget, self.extra = path, budget, dict(extra or {})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from set_lightning.compute import machine_info
-
         self.budget.resolve(trainer)
         if trainer.global_rank == 0:
             info = {**machine_info(str(trainer.strategy.root_device)), "clock": self.budget.timing, **self.extra}
