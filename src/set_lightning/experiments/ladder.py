@@ -243,7 +243,8 @@ class Ladder:
             log(self.record(unit) if result is not None else f"FAILED {unit.unit.name}: {failure}")
 
         run_local([p.spec for p in planned], [p.trainer for p in planned], parallel, threads=1, on_done=done,
-                  runs_per_gpu=runs_per_gpu, command=lambda spec: [sys.executable, "-m", "set_lightning.experiments.ladder", str(spec.run_dir)])
+                  runs_per_gpu=runs_per_gpu,
+                  command=lambda spec: [sys.executable, "-m", "set_lightning.experiments.ladder", str(spec.run_dir)])
 
     def estimate_s(self, planned: Planned, machine: str) -> float:
         """CPU seconds a unit will take here: from finished rows of its configuration's shape on this
