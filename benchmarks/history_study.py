@@ -47,8 +47,10 @@ from typing import Any, Optional
 
 import torch
 
+from set_lightning.errors import UserError
 from set_lightning.experiments.ladder import Ladder, Unit, pending, this_machine
 from set_lightning.experiments.ladder_report import current_cells
+from set_lightning.experiments.local import check_gpu_sharing
 from set_lightning.experiments.stats import first_converged, ladder_verdicts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,13 +267,12 @@ def main() -> None:
     if opts.arms and set(opts.arms) - known:
         sys.exit(f"error: --arms: unknown {sorted(set(opts.arms) - known)}; allowed: {sorted(ARMS)} (or "
                  "'<model>: <flag>' for the ablation)")
-    if opts.parallel < 1 or opts.runs_per_gpu < 1:
-        sys.exit(f"error: --parallel and --runs-per-gpu must be >= 1, got {opts.parallel} and {opts.runs_per_gpu}")
-    gpus = torch.cuda.device_count()
-    if opts.runs_per_gpu > 1 and gpus and -(-opts.parallel // opts.runs_per_gpu) > gpus:
-        sys.exit(f"error: --runs-per-gpu: --parallel {opts.parallel} with --runs-per-gpu {opts.runs_per_gpu} needs "
-                 f"{-(-opts.parallel // opts.runs_per_gpu)} GPUs, this machine has {gpus}; use --runs-per-gpu "
-                 f"{-(-opts.parallel // gpus)} or more")
+    if opts.parallel < 1:
+        sys.exit(f"error: --parallel must be >= 1, got {opts.parallel}")
+    try:  # before any stage runs (run_local checks it again per stage)
+        check_gpu_sharing(opts.parallel, opts.runs_per_gpu, torch.cuda.device_count())
+    except UserError as err:
+        sys.exit(f"error: {err}")
     if opts.plan:
         print_plan(study, opts.stages, opts.arms)
         return

@@ -164,16 +164,23 @@ def run_tables(args: argparse.Namespace, plan: dict, device: torch.device, log: 
 # achieved GFLOP/s, bf16, cores
 # ----------------------------------------------------------------------------------------------------------
 
-def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
-    """Achieved GFLOP/s of SET and EGNN (as configured) against the measured matmul peaks."""
-    size = 512 if args.quick else 2048
-    peaks = {"fp32": matmul_peak_gflops(torch.float32, size), "bf16": matmul_peak_gflops(torch.bfloat16, size)}
-    log(f"matmul peak ({size}^2, 1 thread): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
+def timed_set_and_egnn(args: argparse.Namespace, device: torch.device, log: Callable
+                       ) -> tuple[list[Case], list[Stepper], list[float]]:
+    """SET and EGNN as configured: their steppers, counted GFLOP per step, and step times (timed round-robin)."""
     size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
     cases = [Case("set", size_args, "{model} (conf, L={L})"), Case("egnn", size_args, "{model} (conf, L={L})")]
     steppers = [Stepper(c, device) for c in cases]
     gflop = [counted_gflop(st) for st in steppers]
     time_group(cases, device, args.repeats, args.budget, log, steppers)
+    return cases, steppers, gflop
+
+
+def run_flops(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """Achieved GFLOP/s of SET and EGNN (as configured) against the measured matmul peaks."""
+    size = 512 if args.quick else 2048
+    peaks = {"fp32": matmul_peak_gflops(torch.float32, size), "bf16": matmul_peak_gflops(torch.bfloat16, size)}
+    log(f"matmul peak ({size}^2, 1 thread): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    cases, steppers, gflop = timed_set_and_egnn(args, device, log)
     lines = [
         "## Achieved GFLOP/s per training step (--flops)", "",
         f"Matmul peak measured by this run, one ({size} x {size}) @ ({size} x {size}) matmul on 1 thread, fastest "
@@ -195,11 +202,7 @@ def run_breakdown(args: argparse.Namespace, device: torch.device, log: Callable)
     configured), and the speed-up the step could get at most without faster matrix products."""
     size = 512 if args.quick else 2048
     peak = matmul_peak_gflops(torch.float32, size)
-    size_args = [f"--data.batch_size={args.batch}"] if args.batch else []
-    cases = [Case("set", size_args, "{model} (conf, L={L})"), Case("egnn", size_args, "{model} (conf, L={L})")]
-    steppers = [Stepper(c, device) for c in cases]
-    gflop = [counted_gflop(st) for st in steppers]
-    time_group(cases, device, args.repeats, args.budget, log, steppers)
+    cases, steppers, gflop = timed_set_and_egnn(args, device, log)
     steps = 2 if args.quick else 3
     timers = [op_time_breakdown(st, steps) for st in steppers]
     lines = [

@@ -50,7 +50,7 @@ def test_runs_per_gpu_share_each_slice(tmp_path, monkeypatch):
     assert [g for _, g in seen] == ["0", "0", "0"]
     with pytest.raises(UserError, match="--parallel 4 with --runs-per-gpu 2 needs 2 GPUs.*raise --runs-per-gpu to 4"):
         local.run_local(_fake_runs(tmp_path, 1), gpu, 4, 1, on_done=lambda *a: None, n_gpus=1, runs_per_gpu=2)
-    with pytest.raises(UserError, match="runs_per_gpu must be >= 1"):
+    with pytest.raises(UserError, match="--runs-per-gpu must be >= 1, got 0"):
         local.run_local(_fake_runs(tmp_path, 1), gpu, 1, 1, on_done=lambda *a: None, n_gpus=1, runs_per_gpu=0)
 
 

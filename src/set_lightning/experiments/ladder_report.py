@@ -94,7 +94,7 @@ def current_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[tuple, list[d
     (an older fingerprint) left out."""
     cells: dict[tuple, list[dict[str, Any]]] = OrderedDict()
     for r in rows:
-        cells.setdefault((r["arm"], r["recipe"], r["budget_tflop"]), []).append(dict(r))
+        cells.setdefault((r["arm"], r["recipe"], r["budget_tflop"]), []).append(r)
     out, stale = {}, 0
     for key, cell in cells.items():
         newest = max(cell, key=lambda r: r.get("finished_at") or "")["fingerprint"]

@@ -71,6 +71,21 @@ def gpu_slices(n_gpus: int, parallel: int, needed: Sequence[int] = ()) -> list[l
     return [list(range(k * size, (k + 1) * size)) for k in range(parallel)]
 
 
+def check_gpu_sharing(parallel: int, runs_per_gpu: int, n_gpus: int) -> int:
+    """The number of GPU slices that ``parallel`` runs, ``runs_per_gpu`` to a slice, need.
+
+    Raises:
+        UserError: ``runs_per_gpu < 1``, or (sharing, on a machine with GPUs) fewer GPUs than slices.
+    """
+    if runs_per_gpu < 1:
+        raise UserError(f"--runs-per-gpu must be >= 1, got {runs_per_gpu}")
+    groups = -(-parallel // runs_per_gpu)
+    if runs_per_gpu > 1 and 0 < n_gpus < groups:
+        raise UserError(f"--parallel {parallel} with --runs-per-gpu {runs_per_gpu} needs {groups} GPUs, this machine "
+                        f"has {n_gpus}; raise --runs-per-gpu to {-(-parallel // n_gpus)} or lower --parallel")
+    return groups
+
+
 def visible_devices(slice_: Sequence[int], environ: Optional[dict[str, str]] = None) -> str:
     """``CUDA_VISIBLE_DEVICES`` for a slice of the GPUs this process sees (mapped through its own setting)."""
     current = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
@@ -103,8 +118,6 @@ def run_local(
     ``command`` gives the process of a run (default :func:`worker_command`: fit and test, ``result.json``);
     ``runs_per_gpu`` slots share each slice of the GPUs (1: every run has its own).
     """
-    if runs_per_gpu < 1:
-        raise UserError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
     if n_gpus is None:
         import torch
 
@@ -112,10 +125,7 @@ def run_local(
     on_gpu = [uses_gpu(t, n_gpus) for t in trainers]
     slices: list[Optional[list[int]]] = [None] * parallel
     if any(on_gpu):
-        groups = -(-parallel // runs_per_gpu)  # slices of the GPUs, each shared by runs_per_gpu slots
-        if runs_per_gpu > 1 and n_gpus < groups:
-            raise UserError(f"--parallel {parallel} with --runs-per-gpu {runs_per_gpu} needs {groups} GPUs, this machine "
-                            f"has {n_gpus}; raise --runs-per-gpu to {-(-parallel // n_gpus)} or lower --parallel")
+        groups = check_gpu_sharing(parallel, runs_per_gpu, n_gpus)  # slices, each shared by runs_per_gpu slots
         needed = [requested_devices(t, n_gpus // groups) for t, g in zip(trainers, on_gpu) if g]
         shared = gpu_slices(n_gpus, groups, needed)
         slices = [shared[k // runs_per_gpu] for k in range(parallel)]
