@@ -20,7 +20,8 @@ can):
    the last-frame readout. It runs here when its model has settled by 4T, else right after ``8T``.
 7. ``8T``: the models still improving at 4T (not converged at 2T), at 8T (the top rung).
 8. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, seeds 0-4, T and 2T (last: the shipped-size comparison
-   does not depend on it; it says whether history also pays at a third of the size).
+   does not depend on it; it says whether history also pays at a third of the size); seeds 0-2 at both
+   rungs run before seeds 3-4.
 
 The ladder climbs a model only while doubling pays: rung ``4R`` runs where ``2R`` beat ``R`` by 2% or more
 (``stats.ladder_verdicts``); a model that is converged, or does worse at ``2R`` (``no gain``: it over-fits
@@ -197,7 +198,8 @@ class Study:
         if stage in ("4T", "8T"):
             return self.climb(int(stage[0]), readout_arms)
         if stage == "size":
-            return [self.unit(arm, s, rung) for rung in (1, 2) for s in SEEDS
+            # seeds 0-2 at both rungs first, so that a session that ends early leaves a 3-seed answer
+            return [self.unit(arm, s, rung) for seeds in (SEEDS[:3], SEEDS[3:]) for rung in (1, 2) for s in seeds
                     for arm in ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
         if stage == "ablation":
             best = self.best_history_arm()
