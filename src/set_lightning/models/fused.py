@@ -23,17 +23,19 @@ class _AddOuter(torch.autograd.Function):
     def forward(ctx, base, weight, *cols):  # type: ignore[override]
         ctx.mark_dirty(base)
         ctx.save_for_backward(weight, *cols)
+        rows = weight.t().contiguous()
         for c, col in enumerate(cols):
-            base.addcmul_(col, weight[:, c])
+            base.addcmul_(col, rows[c])
         return base
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         weight, *cols = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
+        rows = weight.t().contiguous()
         grads: list[torch.Tensor | None] = [grad, None]
         for c, col in enumerate(cols):
-            grads.append((g2 @ weight[:, c]).view(grad.shape[:-1] + (1,)).sum_to_size(col.shape)
+            grads.append((g2 @ rows[c]).view(grad.shape[:-1] + (1,)).sum_to_size(col.shape)
                          if ctx.needs_input_grad[2 + c] else None)
         if ctx.needs_input_grad[1]:
             stacked = torch.cat([col.expand(grad.shape[:-1] + (1,)).reshape(-1, 1) for col in cols], dim=-1)
@@ -48,6 +50,9 @@ def add_outer_(base: torch.Tensor, weight: torch.Tensor, cols: list[torch.Tensor
     The same function as ``base + nn.functional.linear(cat(cols), weight)``, computed for a few (``k``)
     input columns as ``k`` fused multiply-adds, with a backward of matrix-vector products: on CPU a GEMM
     with inner size ``k <= 3`` and a broadcast ``addcmul`` backward both cost several passes over ``base``.
+    Each multiply-add reads its weight column as a contiguous row of ``weight.T``: with a strided ``(d,)``
+    operand ``addcmul_`` takes a scalar path, 8x slower on an ``(1000, 5, 4, 64)`` edge tensor (0.81 against
+    0.10 ms, AVX-512, one thread), for bit-identical results.
 
     Shapes:
         base: ``(*, d)``, weight: ``(d, k)``, cols: ``k`` tensors broadcastable to ``(*, 1)`` -> ``(*, d)``.
@@ -145,10 +150,11 @@ class _PairSiluGates(torch.autograd.Function):
     """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows (:func:`pair_silu_gates`)."""
 
     @staticmethod
-    def _pre(za, zb, wcols, cols, r0, r1):  # type: ignore[no-untyped-def]
+    def _pre(za, zb, wrows, cols, r0, r1):  # type: ignore[no-untyped-def]
+        """The pair pre-activations of rows ``r0:r1``; ``wrows = wcols.T`` (contiguous, see :func:`add_outer_`)."""
         pre = za[r0:r1].unsqueeze(-2) + zb[r0:r1].unsqueeze(-3)
         for c, col in enumerate(cols):
-            pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wcols[:, c])
+            pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wrows[c])
         return pre
 
     @staticmethod
@@ -157,9 +163,10 @@ class _PairSiluGates(torch.autograd.Function):
         q, k = zb.shape[1], weight.shape[0]
         out = za.new_empty(r, p, q, k)
         step = _rows(r, p * q * d)
+        wrows = wcols.t().contiguous()
         with torch.autocast(za.device.type, enabled=False):
             for r0 in range(0, r, step):
-                pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r0 + step)
+                pre = _PairSiluGates._pre(za, zb, wrows, cols, r0, r0 + step)
                 torch.mm(nn.functional.silu(pre, inplace=True).view(-1, d), weight.t(),
                          out=out[r0:r0 + step].view(-1, k))
         ctx.save_for_backward(za, zb, wcols, weight, *cols)
@@ -177,9 +184,10 @@ class _PairSiluGates(torch.autograd.Function):
         g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
         g_cols = [torch.zeros_like(col) if need else None for col, need in zip(cols, need_cols)]
         step = _rows(r, p * q * d)
+        wrows = wcols.t().contiguous()
         for r0 in range(0, r, step):
             r1 = min(r0 + step, r)
-            pre = _PairSiluGates._pre(za, zb, wcols, cols, r0, r1).view(-1, d)
+            pre = _PairSiluGates._pre(za, zb, wrows, cols, r0, r1).view(-1, d)
             g = grad[r0:r1].reshape(-1, k)
             if need_w:
                 g_w.addmm_(g.t(), nn.functional.silu(pre))
@@ -194,7 +202,7 @@ class _PairSiluGates(torch.autograd.Function):
                 if need_wc:
                     g_wc[c] += (part.expand(r1 - r0, p, q, 1).reshape(1, -1) @ g_pre).squeeze(0)
                 if g_cols[c] is not None:
-                    g_col = (g_pre @ wcols[:, c]).view(r1 - r0, p, q, 1).sum_to_size(part.shape)
+                    g_col = (g_pre @ wrows[c]).view(r1 - r0, p, q, 1).sum_to_size(part.shape)
                     if part is col:
                         g_cols[c] += g_col
                     else:
