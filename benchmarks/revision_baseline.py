@@ -42,22 +42,47 @@ def load_models_at(rev: str) -> Any:
     return module
 
 
+def missing_options(cls: Any, init_args: dict[str, Any]) -> dict[str, Any]:
+    """The options of this tree's model that an older revision's ``cls`` does not take and that ``init_args`` sets
+    away from their default, mapped to that default (the value that gives the old model's function)."""
+    import inspect
+
+    from set_lightning.models import MODELS
+
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {k: p.default for k, p in inspect.signature(MODELS[cls.__name__.lower()].__init__).parameters.items()}
+    return {k: defaults[k] for k, v in init_args.items() if k not in params and k in defaults and defaults[k] != v}
+
+
 def older_args(cls: Any, init_args: dict[str, Any]) -> dict[str, Any]:
     """``init_args`` that an older revision's model class takes: options added since must be at the value that
     gives the old model (their default), else the two models would differ in more than their code."""
     import inspect
 
-    params = inspect.signature(cls.__init__).parameters
-    dropped = {k: v for k, v in init_args.items() if k not in params}
-    from set_lightning.models import MODELS
-
-    new_cls = MODELS[cls.__name__.lower()]
-    defaults = {k: p.default for k, p in inspect.signature(new_cls.__init__).parameters.items()}
-    changed = {k: v for k, v in dropped.items() if defaults.get(k) != v}
+    changed = missing_options(cls, init_args)
     if changed:
         raise SystemExit(f"error: --baseline: the revision's {cls.__name__} has no option {sorted(changed)} "
-                         f"(set here to {changed}); compare at the options' defaults")
+                         f"(set here to {{{', '.join(f'{k!r}: {init_args[k]!r}' for k in sorted(changed))}}}); "
+                         "compare at the options' defaults")
+    params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in init_args.items() if k in params}
+
+
+def at_old_defaults(old: Any, name: str, shape: list[str], device: torch.device) -> list[str]:
+    """``shape`` plus the overrides that put this tree's ``name`` at the defaults of the options the revision
+    ``old`` lacks (e.g. SET's ``readout``, which conf/set.yaml sets to ``last``): the two sides then compute the
+    same function, and the difference is the code's."""
+    new = Stepper(Case(name, shape, "{model}"), device)
+    return shape + [f"--model.net.init_args.{k}={v}" for k, v in
+                    sorted(missing_options(old.MODELS[name], new.init_args).items())]
+
+
+def reset_note(old: Any, names: tuple[str, ...], device: torch.device) -> str:
+    """A sentence naming the options set to their defaults on both sides (:func:`at_old_defaults`), or ''."""
+    resets = [f"{name.upper()} `{' '.join(extra)}`" for name in names
+              if (extra := at_old_defaults(old, name, [], device))]
+    return (" Options the revision does not have are at their defaults on both sides (the revision's function): "
+            + ", ".join(resets) + ".") if resets else ""
 
 
 def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device: torch.device,
@@ -66,8 +91,11 @@ def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device
     settings, timed round-robin; the cases in that order, with their results."""
     cases, steppers = [], []
     for name in names:
+        same = at_old_defaults(old, name, shape, device)
+        if same != shape:
+            log(f"  {name}: {' '.join(same[len(shape):])} on both sides (the revision has no such option)")
         for when in ("after", "before"):
-            case = Case(name, shape, f"{{model}} ({when})")
+            case = Case(name, same, f"{{model}} ({when})")
             new = Stepper(case, device)
             if when == "before":
                 new = Stepper(case, device, net=old.MODELS[name](**older_args(old.MODELS[name], new.init_args)))
@@ -106,7 +134,8 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
              f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, {torch.get_num_threads()} thread(s): the "
              "revision's models (its `set_lightning/models`, loaded by `git archive`) and this tree's, with the same "
              "settings, batch, objective and optimiser, timed round-robin in one process (both run under the "
-             "allocator setting of this tree, see --allocator). Activation memory as in the tables above.", "",
+             "allocator setting of this tree, see --allocator). Activation memory as in the tables above."
+             + reset_note(old, ("set", "egnn"), device), "",
              "| model | N | step ms before | step ms after | speed-up | activation MiB before | activation MiB after "
              "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for n in ((5, 20) if not args.quick else (5,)):
