@@ -99,7 +99,10 @@ PAIRS = [("SET L=10", "SET L=1"), ("SET L=10", "EGNN"), ("SET L=1", "EGNN"),
          ("SET L=10, last readout", "SET L=10"), ("SET L=10, last readout", "SET L=1"),
          ("SET L=10, last readout", "EGNN"),
          ("SET L=10 (1 block x 1 EGCL)", "SET L=10"), ("SET L=1 (1 block x 1 EGCL)", "SET L=1"),
-         ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
+         ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)"),
+         # the superseded study's comparison (a smaller history model against the shipped single-frame one),
+         # here at equal compute
+         ("SET L=10 (1 block x 1 EGCL)", "SET L=1")]
 STAGES = ("recipe", "headline", "readout", "2T", "4T", "ablation", "8T", "size")
 #: the ladder's top rung (a multiple of T)
 TOP_RUNG = 8

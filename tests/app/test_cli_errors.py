@@ -79,18 +79,25 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoints(tmp_path, data_
 
 def test_ctrl_c_exits_130_and_prints_the_resume_command(tmp_path, data_cache):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "set_lightning", "fit", *tiny_args(data_cache), "--trainer.max_epochs=1000"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # as from a terminal: Ctrl-C's default disposition (a shell's background job would inherit "ignored")
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    last = tmp_path / "runs" / "quick" / "version_0" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while time.time() < deadline and not last.is_file() and proc.poll() is None:
-        time.sleep(0.2)
-    assert last.is_file(), "no checkpoint was written"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    # the output goes to files, not pipes: a pipe that nobody reads while the fit runs fills up (the progress
+    # bar writes all the time) and blocks the child in a write, which is not what this test is about
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "set_lightning", "fit", *tiny_args(data_cache), "--trainer.max_epochs=1000"],
+            cwd=tmp_path, env=env, stdout=out, stderr=err_file, text=True,
+            # as from a terminal: Ctrl-C's default disposition (a shell's background job would inherit "ignored")
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        last = tmp_path / "runs" / "quick" / "version_0" / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 240
+        while time.time() < deadline and not last.is_file() and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.is_file(), "no checkpoint was written"
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    err = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and not error_lines(err)
     command = err.split("Resume with:", 1)[1].strip().splitlines()[0]
