@@ -39,11 +39,13 @@ def test_time_budget_stops_every_rank_at_the_same_step_with_the_same_learning_ra
     took = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = _ranks(probe)
-    # rank 1 burns 20 ms more CPU a step: its own clock is ahead by about that much a step (at least half of
-    # it: on busy cores rank 0's clock also runs while it waits in the collectives), yet both stop at one step
+    # rank 1 burns 20 ms more CPU a step: its own clock is ahead by up to that much a step (on busy cores rank
+    # 0's clock also runs while it waits in the collectives: 0.50 of it was measured with 4 processes on 2
+    # cores, so a quarter is asked for; a step is 15-25 ms of clock, so that is still many steps' worth of
+    # clock that would have stopped the ranks at different steps), yet both stop at one step
     assert r0["global_step"] == r1["global_step"] > 10
     extra = r1["own_clock_s"] - r0["own_clock_s"]
-    assert extra > 0.5 * 0.02 * r0["global_step"], (r0["own_clock_s"], r1["own_clock_s"], r0["global_step"])
+    assert extra > 0.25 * 0.02 * r0["global_step"], (r0["own_clock_s"], r1["own_clock_s"], r0["global_step"])
     assert r0["steps"] == r1["steps"]
     # bounded: at most one step past the 2 s budget on the faster clock, and the command ended
     assert max(r0["own_clock_s"], r1["own_clock_s"]) < 2 + 1.0
