@@ -141,3 +141,18 @@ def test_a_model_ships_as_final_only_from_its_settled_rung(study):
         "final: the study's answer for this model, which settled at 20 TFLOP (converged: +1.1% at 40)")
     with pytest.raises(SystemExit, match="settled at 20 TFLOP.*ship it with --tflop 20"):
         ship_models.ship_status(study, "SET L=10", "SET L=10", 40.0, 5, 10.0)
+
+
+def test_the_size_arm_runs_in_groups_of_three_seeds_with_both_rungs_of_a_group_first():
+    for size_seeds, n_units in ((3, 12), (5, 20)):
+        study = hs.Study(Rows(), 10.0, size_seeds=size_seeds)
+        for arm in ("SET L=10", "SET L=1"):  # the small models take their shipped-size arm's recipe
+            for name, val in (("lr=0.00025", 0.009), ("lr=0.0005", 0.006), ("lr=0.001", 0.007)):
+                study.ladder.add(arm, name, 0, 10.0, val)
+        units = study.units("size")
+        assert len(units) == n_units and None not in units
+        assert {u.recipe for u in units} == {"lr=0.0005"}
+        order = [(u.seed, u.budget_tflop) for u in units]
+        assert sorted({s for s, _ in order}) == list(range(size_seeds))
+        first = order[:12]  # seeds 0-2 at 10 and 20 TFLOP before any other seed
+        assert {s for s, _ in first} == {0, 1, 2} and {b for _, b in first} == {10.0, 20.0}
