@@ -20,8 +20,8 @@ can):
    the last-frame readout. It runs here when its model has settled by 4T, else right after ``8T``.
 7. ``8T``: the models still improving at 4T (not converged at 2T), at 8T (the top rung).
 8. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, 3 seeds (as the ablation; ``--size-seeds 5`` for 5), T
-   and 2T (last: the shipped-size comparison does not depend on it; it says whether history also pays at a
-   third of the size). Its first rows gave gaps of about 45% against a seed spread of about 8%, which 3
+   and 2T, then 4T and 8T while doubling pays, as the headline (last: the shipped-size comparison does not
+   depend on it; it says whether history also pays at a third of the size). Its first rows gave gaps of about 45% against a seed spread of about 8%, which 3
    seeds resolve; the seeds run in order, both rungs of each group of 3 before the next.
 
 The ladder climbs a model only while doubling pays: rung ``4R`` runs where ``2R`` beat ``R`` by 2% or more
@@ -45,7 +45,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -79,6 +79,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "SET L=1 (1 block x 1 EGCL)": {**SHIPPED_SET, **SMALL_SIZE, "data.history": 1},
 }
 HEADLINE = ("SET L=10", "SET L=1", "EGNN")
+SMALL_ARMS = ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")
 LRS = (2.5e-4, 5e-4, 1e-3)
 #: each headline model's recipe search: name -> overrides
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -170,14 +171,15 @@ class Study:
             means[arm] = sum(vals) / len(vals)
         return min(means, key=means.get)
 
-    def full_rung_means(self, arm: str) -> dict[float, float]:
-        """``{budget: mean best validation MSE}`` of ``arm`` (its chosen recipe) at the rungs where all seeds ran."""
+    def full_rung_means(self, arm: str, n_seeds: int = len(SEEDS)) -> dict[float, float]:
+        """``{budget: mean best validation MSE}`` of ``arm`` (its chosen recipe) at the rungs where all its
+        ``n_seeds`` seeds ran."""
         recipe = self.chosen_recipe(arm)
         by_rung: dict[float, list[float]] = {}
         for r in self.rows():
             if r["arm"] == arm and r["recipe"] == recipe:
                 by_rung.setdefault(r["budget_tflop"], []).append(r["best_val_pos_mse"])
-        return {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= len(SEEDS)}
+        return {b: sum(v) / len(v) for b, v in by_rung.items() if len(v) >= n_seeds}
 
     def ablation_rung(self, arm: str) -> Optional[float]:
         """The first settled rung (converged or no gain; as a multiple of T) of ``arm``; if it is still improving
@@ -204,10 +206,11 @@ class Study:
             return self.climb(int(stage[0]), readout_arms)
         if stage == "size":
             # in groups of 3 seeds, both rungs of a group before the next: a session that ends early leaves a
-            # complete answer over fewer seeds
+            # complete answer over fewer seeds; then up the ladder, as the headline, while doubling pays
             seeds = range(self.size_seeds)
-            return [self.unit(arm, s, rung) for g in range(0, len(seeds), 3) for rung in (1, 2)
-                    for s in seeds[g:g + 3] for arm in ("SET L=10 (1 block x 1 EGCL)", "SET L=1 (1 block x 1 EGCL)")]
+            return ([self.unit(arm, s, rung) for g in range(0, len(seeds), 3) for rung in (1, 2)
+                     for s in seeds[g:g + 3] for arm in SMALL_ARMS]
+                    + self.climb(4, SMALL_ARMS, seeds) + self.climb(8, SMALL_ARMS, seeds))
         if stage == "ablation":
             best = self.best_history_arm()
             rung = self.ablation_rung(best) if best else None
@@ -219,7 +222,7 @@ class Study:
                     for label, flip in FLIPS.items() for s in ABLATION_SEEDS]
         raise ValueError(stage)
 
-    def climb(self, rung: int, arms: tuple[str, ...]) -> list[Optional[Unit]]:
+    def climb(self, rung: int, arms: tuple[str, ...], seeds: Sequence[int] = SEEDS) -> list[Optional[Unit]]:
         """The units of ``rung`` (a multiple of T: 4, 8, ...): every seed of each arm still improving at the rung
         below (its verdict at ``rung / 4`` is ``not converged``: ``rung / 2`` beat it by the tolerance or more);
         ``None`` (waiting) for an arm whose verdict there is unknown yet; nothing for an arm settled (converged
@@ -227,12 +230,12 @@ class Study:
         below = rung // 4 * self.t
         out: list[Optional[Unit]] = []
         for arm in arms:
-            verdicts = ladder_verdicts(self.full_rung_means(arm))
+            verdicts = ladder_verdicts(self.full_rung_means(arm, len(seeds)))
             settled = first_converged(verdicts)
             verdict = next((v.verdict for v in verdicts if v.budget == below), "unknown")
             if settled is not None and settled <= below:
                 continue
-            out += ([self.unit(arm, s, rung) for s in SEEDS] if verdict == "not converged" else [None] * len(SEEDS))
+            out += ([self.unit(arm, s, rung) for s in seeds] if verdict == "not converged" else [None] * len(seeds))
         return out
 
 

@@ -149,10 +149,35 @@ def test_the_size_arm_runs_in_groups_of_three_seeds_with_both_rungs_of_a_group_f
         for arm in ("SET L=10", "SET L=1"):  # the small models take their shipped-size arm's recipe
             for name, val in (("lr=0.00025", 0.009), ("lr=0.0005", 0.006), ("lr=0.001", 0.007)):
                 study.ladder.add(arm, name, 0, 10.0, val)
-        units = study.units("size")
-        assert len(units) == n_units and None not in units
+        units = [u for u in study.units("size") if u is not None]  # the climb past 20 waits for their rows
+        assert len(units) == n_units
         assert {u.recipe for u in units} == {"lr=0.0005"}
         order = [(u.seed, u.budget_tflop) for u in units]
         assert sorted({s for s, _ in order}) == list(range(size_seeds))
         first = order[:12]  # seeds 0-2 at 10 and 20 TFLOP before any other seed
         assert {s for s, _ in first} == {0, 1, 2} and {b for _, b in first} == {10.0, 20.0}
+
+
+def test_the_size_arm_climbs_while_doubling_pays_as_the_headline_does():
+    study = hs.Study(Rows(), 10.0, size_seeds=3)
+    rows = study.ladder
+    for arm in ("SET L=10", "SET L=1"):
+        for name, val in (("lr=0.00025", 0.009), ("lr=0.0005", 0.006), ("lr=0.001", 0.007)):
+            rows.add(arm, name, 0, 10.0, val)
+    small10, small1 = hs.SMALL_ARMS
+    for s in range(3):
+        rows.add(small10, "lr=0.0005", s, 10.0, 0.0150)
+        rows.add(small10, "lr=0.0005", s, 20.0, 0.0140)  # -6.7%: not converged at 10, so 40 runs
+        rows.add(small1, "lr=0.0005", s, 10.0, 0.0260)
+    units = study.units("size")
+    assert None in units  # the single-frame small model's verdict waits for its 20 TFLOP rows
+    assert sorted(u.seed for u in units if u and u.budget_tflop == 40.0 and u.arm == small10) == [0, 1, 2]
+    for s in range(3):
+        rows.add(small1, "lr=0.0005", s, 20.0, 0.0261)  # converged at 10: no higher rung
+    units = study.units("size")
+    assert not any(u and u.arm == small1 and u.budget_tflop > 20.0 for u in units)
+    assert units.count(None) == 3  # 80 waits for the history model's 40 TFLOP verdict
+    for s in range(3):
+        rows.add(small10, "lr=0.0005", s, 40.0, 0.0139)  # converged at 20: the climb stops
+    assert None not in study.units("size")
+    assert max(u.budget_tflop for u in study.units("size")) == 40.0
