@@ -21,8 +21,9 @@ can):
 7. ``8T``: the models still improving at 4T (not converged at 2T), at 8T (the top rung).
 8. ``size``: SET L=10 and L=1 at 1 block x 1 EGCL, 3 seeds (as the ablation; ``--size-seeds 5`` for 5), T
    and 2T, then 4T and 8T while doubling pays, as the headline (last: the shipped-size comparison does not
-   depend on it; it says whether history also pays at a third of the size). Its first rows gave gaps of about 45% against a seed spread of about 8%, which 3
-   seeds resolve; the seeds run in order, both rungs of each group of 3 before the next.
+   depend on it; it says whether history also pays at a third of the size). Its first rows gave gaps of
+   about 45% against a seed spread of about 8%, which 3 seeds resolve; the seeds run in order, both rungs
+   of each group of 3 before the next.
 
 The ladder climbs a model only while doubling pays: rung ``4R`` runs where ``2R`` beat ``R`` by 2% or more
 (``stats.ladder_verdicts``); a model that is converged, or does worse at ``2R`` (``no gain``: it over-fits

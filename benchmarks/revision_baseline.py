@@ -68,32 +68,36 @@ def older_args(cls: Any, init_args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in init_args.items() if k in params}
 
 
-def at_old_defaults(old: Any, name: str, shape: list[str], device: torch.device) -> list[str]:
-    """``shape`` plus the overrides that put this tree's ``name`` at the defaults of the options the revision
-    ``old`` lacks (e.g. SET's ``readout``, which conf/set.yaml sets to ``last``): the two sides then compute the
-    same function, and the difference is the code's."""
-    new = Stepper(Case(name, shape, "{model}"), device)
-    return shape + [f"--model.net.init_args.{k}={v}" for k, v in
-                    sorted(missing_options(old.MODELS[name], new.init_args).items())]
+def old_defaults(old: Any, names: tuple[str, ...], device: torch.device) -> dict[str, list[str]]:
+    """For each model of ``names``, the overrides that put this tree's model at the defaults of the options the
+    revision ``old`` lacks (e.g. SET's ``readout``, which conf/set.yaml sets to ``last``): the two sides then
+    compute the same function, and the difference is the code's. Model options, so one build per model serves
+    every data shape."""
+    out = {}
+    for name in names:
+        new = Stepper(Case(name, [], "{model}"), device)
+        out[name] = [f"--model.net.init_args.{k}={v}" for k, v in
+                     sorted(missing_options(old.MODELS[name], new.init_args).items())]
+    return out
 
 
-def reset_note(old: Any, names: tuple[str, ...], device: torch.device) -> str:
-    """A sentence naming the options set to their defaults on both sides (:func:`at_old_defaults`), or ''."""
-    resets = [f"{name.upper()} `{' '.join(extra)}`" for name in names
-              if (extra := at_old_defaults(old, name, [], device))]
+def reset_note(resets: dict[str, list[str]]) -> str:
+    """A sentence naming the options set to their defaults on both sides (:func:`old_defaults`), or ''."""
+    named = [f"{name.upper()} `{' '.join(extra)}`" for name, extra in resets.items() if extra]
     return (" Options the revision does not have are at their defaults on both sides (the revision's function): "
-            + ", ".join(resets) + ".") if resets else ""
+            + ", ".join(named) + ".") if named else ""
 
 
 def time_before_after(old: Any, names: tuple[str, ...], shape: list[str], device: torch.device,
-                      args: argparse.Namespace, log: Callable) -> list[Case]:
+                      args: argparse.Namespace, log: Callable, resets: dict[str, list[str]]) -> list[Case]:
     """Each model of ``names`` twice, this tree's ("after") and the revision ``old``'s ("before"), with the same
-    settings, timed round-robin; the cases in that order, with their results."""
+    settings (``shape`` plus the model's ``resets``, :func:`old_defaults`), timed round-robin; the cases in that
+    order, with their results."""
     cases, steppers = [], []
     for name in names:
-        same = at_old_defaults(old, name, shape, device)
-        if same != shape:
-            log(f"  {name}: {' '.join(same[len(shape):])} on both sides (the revision has no such option)")
+        same = shape + resets[name]
+        if resets[name]:
+            log(f"  {name}: {' '.join(resets[name])} on both sides (the revision has no such option)")
         for when in ("after", "before"):
             case = Case(name, same, f"{{model}} ({when})")
             new = Stepper(case, device)
@@ -112,11 +116,12 @@ def baseline_section(args: argparse.Namespace, device: torch.device, log: Callab
     lines = [f"## Before / after at N=5, L={ell}, B={b}: revision `{args.baseline}` vs this working tree", "",
              "| threads | SET before (ms) | SET after (ms) | speed-up | EGNN before (ms) | EGNN after (ms) | "
              "SET/EGNN before | SET/EGNN after |", "|---|---|---|---|---|---|---|---|"]
+    resets = old_defaults(old, ("egnn", "set"), device)
     threads0 = torch.get_num_threads()
     for threads in args.baseline_threads:
         torch.set_num_threads(threads)
         shape = [f"--data.history={ell}", f"--data.batch_size={b}"]
-        cases = time_before_after(old, ("egnn", "set"), shape, device, args, log)
+        cases = time_before_after(old, ("egnn", "set"), shape, device, args, log, resets)
         r = {c.label: c.result["ms"] for c in cases}
         lines.append(f"| {threads} | {r['SET (before)']:.1f} | {r['SET (after)']:.1f} | "
                      f"{r['SET (before)'] / r['SET (after)']:.2f}x | {r['EGNN (before)']:.1f} | {r['EGNN (after)']:.1f} | "
@@ -130,17 +135,18 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
     B=100), the four steps of a point timed round-robin in one process, with their activation memory."""
     old = load_models_at(args.baseline)
     b = args.batch or (20 if args.quick else 100)
+    resets = old_defaults(old, ("set", "egnn"), device)
     lines = [f"## Before / after: revision `{args.baseline}` vs this working tree (--baseline)", "",
              f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, {torch.get_num_threads()} thread(s): the "
              "revision's models (its `set_lightning/models`, loaded by `git archive`) and this tree's, with the same "
              "settings, batch, objective and optimiser, timed round-robin in one process (both run under the "
              "allocator setting of this tree, see --allocator). Activation memory as in the tables above."
-             + reset_note(old, ("set", "egnn"), device), "",
+             + reset_note(resets), "",
              "| model | N | step ms before | step ms after | speed-up | activation MiB before | activation MiB after "
              "| memory ratio | repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for n in ((5, 20) if not args.quick else (5,)):
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
-        cases = time_before_after(old, ("set", "egnn"), shape, device, args, log)
+        cases = time_before_after(old, ("set", "egnn"), shape, device, args, log, resets)
         for after, before in zip(cases[::2], cases[1::2]):
             ra, rb = after.result, before.result
             lines.append(f"| {after.label.split(' (')[0]} | {n} | {fmt(rb['ms'])} | {fmt(ra['ms'])} | "
