@@ -22,17 +22,16 @@ class _AddOuter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base, weight, *cols):  # type: ignore[override]
         ctx.mark_dirty(base)
-        ctx.save_for_backward(weight, *cols)
         rows = weight.t().contiguous()
+        ctx.save_for_backward(rows, *cols)
         for c, col in enumerate(cols):
             base.addcmul_(col, rows[c])
         return base
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        weight, *cols = ctx.saved_tensors
+        rows, *cols = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])
-        rows = weight.t().contiguous()
         grads: list[torch.Tensor | None] = [grad, None]
         for c, col in enumerate(cols):
             grads.append((g2 @ rows[c]).view(grad.shape[:-1] + (1,)).sum_to_size(col.shape)
@@ -169,12 +168,12 @@ class _PairSiluGates(torch.autograd.Function):
                 pre = _PairSiluGates._pre(za, zb, wrows, cols, r0, r0 + step)
                 torch.mm(nn.functional.silu(pre, inplace=True).view(-1, d), weight.t(),
                          out=out[r0:r0 + step].view(-1, k))
-        ctx.save_for_backward(za, zb, wcols, weight, *cols)
+        ctx.save_for_backward(za, zb, wrows, weight, *cols)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        za, zb, wcols, weight, *cols = ctx.saved_tensors
+        za, zb, wrows, weight, *cols = ctx.saved_tensors
         need_za, need_zb, need_wc, need_w, *need_cols = ctx.needs_input_grad
         r, p, d = za.shape
         q, k = zb.shape[1], weight.shape[0]
@@ -184,7 +183,6 @@ class _PairSiluGates(torch.autograd.Function):
         g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
         g_cols = [torch.zeros_like(col) if need else None for col, need in zip(cols, need_cols)]
         step = _rows(r, p * q * d)
-        wrows = wcols.t().contiguous()
         for r0 in range(0, r, step):
             r1 = min(r0 + step, r)
             pre = _PairSiluGates._pre(za, zb, wrows, cols, r0, r1).view(-1, d)
