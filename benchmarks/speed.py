@@ -438,7 +438,7 @@ def run_allocator(args: argparse.Namespace, log: Callable) -> list[str]:
              "(a count, not disturbed by other processes).", "",
              "| N | step ms, keep heap off | step ms, keep heap on (default) | speed-up | minor page faults / step, "
              "off | on | steps per process |", "|---|---|---|---|---|---|---|"]
-    for n, steps in ((5, 7), (20, 3)) if not args.quick else ((5, 3),):
+    for n, steps in ((5, 7), (20, 3), (30, 3)) if not args.quick else ((5, 3),):
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
         code = ALLOCATOR_SNIPPET.format(bench=str(REPO / "benchmarks"), threads=1, shape=shape, steps=steps)
         res: dict[str, list[float]] = {"0": [], "1": []}

@@ -4,8 +4,8 @@ A training step allocates and frees the same large activation tensors every step
 is 5 MB at N = 5, 100 MB at N = 20). glibc's malloc serves such blocks with ``mmap`` and unmaps them on
 ``free``, so every step faults in fresh zeroed pages again (about 13k-28k minor page faults per SET step
 at N = 5, B = 100, L = 10). :func:`keep_freed_memory` makes glibc serve all blocks from its heap and
-not trim it, so freed blocks are reused: the same arithmetic, fewer page faults (a SET step about 1.25x
-faster on CPU, ``results/speed.md``). The price is that the process keeps its peak memory until it
+never trim it, so freed blocks are reused: the same arithmetic, fewer page faults (``speed.py
+--allocator`` in ``results/speed.md``: the larger the step's tensors, the larger the gain). The price is that the process keeps its peak memory until it
 exits, as PyTorch's CUDA caching allocator does on a GPU.
 
 It is applied when :mod:`set_lightning.models` is imported, on Linux with glibc only; set the environment
@@ -24,8 +24,13 @@ _applied: bool | None = None
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to take every block from its heap (no ``mmap``) and not to trim the heap
-    (up to 2 GiB kept free). Idempotent; returns whether it is in effect."""
+    """Tell glibc's malloc to take every block from its heap (no ``mmap``) and never to trim the heap
+    (``M_TRIM_THRESHOLD = -1``, as ``mallopt(3)`` documents). Idempotent; returns whether it is in effect.
+
+    A finite threshold is not enough: with 2 GiB, a SET step at N = 30 (4.3 GiB of activations) still
+    gave the freed top of its heap back on most steps, 0.3-0.7 million minor page faults per step against
+    1 without trimming, and 1.3-1.7x the CPU time (median 8.6 and 11.4 s against 6.8 and 6.7 s, two
+    alternated pairs of processes, B = 100, one thread, AVX-512 EPYC)."""
     global _applied
     if _applied is not None:
         return _applied
@@ -36,7 +41,7 @@ def keep_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (e.g. musl): its malloc differs
             return False
-        _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+        _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
     except (OSError, AttributeError):
         _applied = False
     return _applied
