@@ -5,8 +5,9 @@ is 5 MB at N = 5, 100 MB at N = 20). glibc's malloc serves such blocks with ``mm
 ``free``, so every step faults in fresh zeroed pages again (about 13k-28k minor page faults per SET step
 at N = 5, B = 100, L = 10). :func:`keep_freed_memory` makes glibc serve all blocks from its heap and
 never trim it, so freed blocks are reused: the same arithmetic, fewer page faults (``speed.py
---allocator`` in ``results/speed.md``: the larger the step's tensors, the larger the gain). The price is that the process keeps its peak memory until it
-exits, as PyTorch's CUDA caching allocator does on a GPU.
+--allocator`` in ``results/speed.md``: the larger the step's tensors, the larger the gain). The price
+is that the process keeps its peak memory until it exits, as PyTorch's CUDA caching allocator does on
+a GPU.
 
 It is applied when :mod:`set_lightning.models` is imported, on Linux with glibc only; set the environment
 variable ``SET_LIGHTNING_KEEP_HEAP=0`` to leave malloc as it is.
