@@ -86,6 +86,7 @@ from step_harness import (  # benchmarks/step_harness.py: the timing harness
 from two_cores import run_cores  # benchmarks/two_cores.py
 
 from set_lightning.compute import cpu_flags, cpu_model
+from set_lightning.memory import release_freed_memory
 from set_lightning.saved_tensors import saved_for_backward
 
 SCRIPT = "benchmarks/speed.py"
@@ -146,6 +147,7 @@ def run_tables(args: argparse.Namespace, plan: dict, device: torch.device, log: 
     for n in plan["n_sweep"]:
         group = sweep_cases(10, n, plan["big_n_batch"].get(n, batch) if args.batch is None else batch)
         time_group(group, device, args.repeats, args.budget, log)
+        release_freed_memory()  # the steppers of this N are gone: give their peak back before the next N
         all_n += group
     lines += [f"## N sweep at L=10 (B={batch}" + "".join(
         f"; B={b} at N={n} to bound memory" for n, b in plan["big_n_batch"].items() if args.batch is None) + ")", ""]
@@ -556,6 +558,7 @@ def main() -> None:
         print(text)
         write_generated(output, f"{SCRIPT} {part}", text)
         log(f"written to {output} ({part})")
+        release_freed_memory()  # the heap is never trimmed: give this part's peak back before the next
 
 
 if __name__ == "__main__":
