@@ -153,3 +153,68 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
                          f"{rb['ms'] / ra['ms']:.2f}x | {fmt(rb['act_mib'])} | {fmt(ra['act_mib'])} | "
                          f"{rb['act_mib'] / ra['act_mib']:.2f}x | {min(ra['repeats'], rb['repeats'])} |")
     return lines + [""]
+
+
+#: one process of ``--shipped``: SET (or EGNN) of the revision (``before``) or of this tree (``after``), its CPU
+#: time per step; run with ``SET_LIGHTNING_KEEP_HEAP=0`` for the revision (glibc's malloc as it was then)
+SHIPPED_SNIPPET = """
+import os, statistics, sys, time, torch
+sys.path.insert(0, {bench!r})
+torch.set_num_threads(1)
+import revision_baseline as rb
+from step_harness import Case, Stepper
+device = torch.device("cpu")
+case = Case({name!r}, {shape!r}, "{{model}}")
+st = Stepper(case, device)
+if {when!r} == "before":
+    old = rb.load_models_at({rev!r})
+    st = Stepper(case, device, net=old.MODELS[{name!r}](**rb.older_args(old.MODELS[{name!r}], st.init_args)))
+st.step(); st.step()
+times = []
+for _ in range({steps}):
+    t0 = time.process_time(); st.step(); times.append(time.process_time() - t0)
+print(1e3 * statistics.median(times))
+"""
+
+
+def run_shipped(args: argparse.Namespace, log: Callable) -> list[str]:
+    """``--shipped REV``: SET's and EGNN's step as each revision runs it, allocator included: the revision's models
+    with glibc's malloc as it was (``SET_LIGHTNING_KEEP_HEAP=0``; REV had no allocator setting) against this
+    tree's with its default, in separate 1-thread processes alternated ``rounds`` times (the allocator setting is
+    process-wide, so the two cannot share a process as in ``--baseline``)."""
+    import os
+    import statistics
+
+    old = load_models_at(args.shipped)
+    b = args.batch or (20 if args.quick else 100)
+    rounds = 1 if args.quick else 3
+    resets = old_defaults(old, ("set", "egnn"), torch.device("cpu"))
+    lines = [f"## As shipped: revision `{args.shipped}` with glibc's malloc vs this tree with its allocator (--shipped)",
+             "",
+             f"SET and EGNN (conf/<model>.yaml) at L=10, B={b}, fp32, 1 thread: CPU time per training step (median "
+             f"of each process's steps after two warm-up steps) in separate processes, the revision's models with "
+             f"`SET_LIGHTNING_KEEP_HEAP=0` (malloc as the revision ran it) and this tree's with its default "
+             f"(`set_lightning.memory.keep_freed_memory`), alternated {rounds} times; the table gives the median over "
+             "the processes. The model-code part alone is `--baseline`, the allocator part alone `--allocator`."
+             + reset_note(resets), "",
+             "| model | N | step ms, revision as shipped | step ms, this tree | speed-up | steps per process |",
+             "|---|---|---|---|---|---|"]
+    plan = ((5, 7), (20, 3)) if not args.quick else ((5, 2),)
+    for n, steps in plan:
+        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        for name in ("set", "egnn"):
+            res: dict[str, list[float]] = {"before": [], "after": []}
+            for _ in range(rounds):
+                for when in ("before", "after"):
+                    code = SHIPPED_SNIPPET.format(bench=str(REPO / "benchmarks"), name=name, shape=shape + resets[name],
+                                                  when=when, rev=args.shipped, steps=steps)
+                    env = {**os.environ, "SET_LIGHTNING_KEEP_HEAP": "0" if when == "before" else "1",
+                           "OMP_NUM_THREADS": "1"}
+                    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                                         text=True, check=True).stdout
+                    res[when].append(float(out.strip().splitlines()[-1]))
+            before, after = statistics.median(res["before"]), statistics.median(res["after"])
+            log(f"  shipped {name} N={n}: before {before:.1f} ms, after {after:.1f} ms")
+            lines.append(f"| {'SET' if name == 'set' else 'EGNN'} | {n} | {fmt(before)} | {fmt(after)} | "
+                         f"{before / after:.2f}x | {steps} |")
+    return lines + [""]

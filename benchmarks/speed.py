@@ -19,6 +19,7 @@ alike); the tables give medians, and the ratio to EGNN is measured in the same l
     python benchmarks/speed.py --cores               # + 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP
     python benchmarks/speed.py --profile             # + torch.profiler tables -> results/profile.md
     python benchmarks/speed.py --profile --baseline <git rev>   # + before/after against an older revision
+    python benchmarks/speed.py --shipped <git rev>   # + the same, each revision with its own allocator setting
     python benchmarks/speed.py --skip-tables --cores # only a mode
 
 Each part rewrites its own generated block of ``results/speed.md`` (``results/profile.md`` for
@@ -71,7 +72,7 @@ from typing import Any, Callable
 
 import torch
 from results_md import write_generated  # benchmarks/results_md.py (run this file as a script)
-from revision_baseline import baseline_section, run_baseline  # benchmarks/revision_baseline.py
+from revision_baseline import baseline_section, run_baseline, run_shipped  # benchmarks/revision_baseline.py
 from step_harness import (  # benchmarks/step_harness.py: the timing harness
     MODEL_NAMES,
     REPO,
@@ -488,6 +489,9 @@ def main() -> None:
                         help="each model eager vs model.compile (torch.compile), side by side, and the compile time")
     parser.add_argument("--allocator", action="store_true",
                         help="SET's step with the glibc keep-freed-memory setting on vs off (separate processes)")
+    parser.add_argument("--shipped", default=None, metavar="REV",
+                        help="SET and EGNN of this git revision with glibc's malloc as it ran them against the working "
+                             "tree with its allocator setting (separate processes, alternated; N=5 and N=20)")
     parser.add_argument("--baseline-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 100; 20 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per model (default 7; 3 with --quick)")
@@ -542,6 +546,8 @@ def main() -> None:
         parts.append(("--baseline", args.output, lambda: header + run_baseline(args, device, log)))
     if args.allocator:
         parts.append(("--allocator", args.output, lambda: header + run_allocator(args, log)))
+    if args.shipped:
+        parts.append(("--shipped", args.output, lambda: header + run_shipped(args, log)))
     if args.profile:
         parts.append(("--profile", args.profile_output, lambda: ["# Profile of SET vs EGNN (benchmarks/speed.py)", ""]
                       + header + run_profile(args, device, log)))
