@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 
-from step_harness import REPO, Case, Stepper, fmt, time_group  # benchmarks/step_harness.py
+from step_harness import REPO, Case, Stepper, alternated_processes, fmt, time_group  # benchmarks/step_harness.py
 
 
 def load_models_at(rev: str) -> Any:
@@ -158,7 +159,7 @@ def run_baseline(args: argparse.Namespace, device: torch.device, log: Callable) 
 #: one process of ``--shipped``: SET (or EGNN) of the revision (``before``) or of this tree (``after``), its CPU
 #: time per step; run with ``SET_LIGHTNING_KEEP_HEAP=0`` for the revision (glibc's malloc as it was then)
 SHIPPED_SNIPPET = """
-import os, statistics, sys, time, torch
+import statistics, sys, time, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
 import revision_baseline as rb
@@ -182,9 +183,6 @@ def run_shipped(args: argparse.Namespace, log: Callable) -> list[str]:
     with glibc's malloc as it was (``SET_LIGHTNING_KEEP_HEAP=0``; REV had no allocator setting) against this
     tree's with its default, in separate 1-thread processes alternated ``rounds`` times (the allocator setting is
     process-wide, so the two cannot share a process as in ``--baseline``)."""
-    import os
-    import statistics
-
     old = load_models_at(args.shipped)
     b = args.batch or (20 if args.quick else 100)
     rounds = 1 if args.quick else 3
@@ -203,17 +201,11 @@ def run_shipped(args: argparse.Namespace, log: Callable) -> list[str]:
     for n, steps in plan:
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
         for name in ("set", "egnn"):
-            res: dict[str, list[float]] = {"before": [], "after": []}
-            for _ in range(rounds):
-                for when in ("before", "after"):
-                    code = SHIPPED_SNIPPET.format(bench=str(REPO / "benchmarks"), name=name, shape=shape + resets[name],
-                                                  when=when, rev=args.shipped, steps=steps)
-                    env = {**os.environ, "SET_LIGHTNING_KEEP_HEAP": "0" if when == "before" else "1",
-                           "OMP_NUM_THREADS": "1"}
-                    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                                         text=True, check=True).stdout
-                    res[when].append(float(out.strip().splitlines()[-1]))
-            before, after = statistics.median(res["before"]), statistics.median(res["after"])
+            jobs = {when: (SHIPPED_SNIPPET.format(bench=str(REPO / "benchmarks"), name=name, shape=shape + resets[name],
+                                                  when=when, rev=args.shipped, steps=steps),
+                           {"SET_LIGHTNING_KEEP_HEAP": keep}) for when, keep in (("before", "0"), ("after", "1"))}
+            runs = alternated_processes(jobs, rounds)
+            before, after = (statistics.median(float(run[0]) for run in runs[when]) for when in ("before", "after"))
             log(f"  shipped {name} N={n}: before {before:.1f} ms, after {after:.1f} ms")
             lines.append(f"| {'SET' if name == 'set' else 'EGNN'} | {n} | {fmt(before)} | {fmt(after)} | "
                          f"{before / after:.2f}x | {steps} |")

@@ -64,7 +64,6 @@ import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -78,6 +77,7 @@ from step_harness import (  # benchmarks/step_harness.py: the timing harness
     REPO,
     Case,
     Stepper,
+    alternated_processes,
     counted_gflop,
     fmt,
     matmul_peak_gflops,
@@ -444,20 +444,11 @@ def run_allocator(args: argparse.Namespace, log: Callable) -> list[str]:
     for n, steps in ((5, 7), (20, 3), (30, 3)) if not args.quick else ((5, 3),):
         shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
         code = ALLOCATOR_SNIPPET.format(bench=str(REPO / "benchmarks"), threads=1, shape=shape, steps=steps)
-        res: dict[str, list[float]] = {"0": [], "1": []}
-        faults: dict[str, list[float]] = {"0": [], "1": []}
-        for _ in range(rounds):
-            for keep in ("0", "1"):
-                env = {**os.environ, "SET_LIGHTNING_KEEP_HEAP": keep, "OMP_NUM_THREADS": "1"}
-                out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                                     check=True).stdout
-                ms, flt = out.strip().splitlines()[-1].split()
-                res[keep].append(float(ms))
-                faults[keep].append(float(flt))
-        off, on = statistics.median(res["0"]), statistics.median(res["1"])
+        runs = alternated_processes({keep: (code, {"SET_LIGHTNING_KEEP_HEAP": keep}) for keep in ("0", "1")}, rounds)
+        (off, off_faults), (on, on_faults) = ([statistics.median(float(run[i]) for run in runs[keep]) for i in (0, 1)]
+                                              for keep in ("0", "1"))
         log(f"  allocator N={n}: off {off:.1f} ms, on {on:.1f} ms")
-        lines.append(f"| {n} | {off:.1f} | {on:.1f} | {off / on:.2f}x | {statistics.median(faults['0']):,.0f} | "
-                     f"{statistics.median(faults['1']):,.0f} | {steps} |")
+        lines.append(f"| {n} | {off:.1f} | {on:.1f} | {off / on:.2f}x | {off_faults:,.0f} | {on_faults:,.0f} | {steps} |")
     return lines + [""]
 
 

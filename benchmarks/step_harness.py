@@ -10,7 +10,10 @@ import contextlib
 import io
 import logging
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -161,6 +164,19 @@ def time_group(cases: list[Case], device: torch.device, repeats: int, budget_s: 
     for case in cases:
         case.result["ratio"] = case.result["ms"] / ref.result["ms"] if ref is not None else float("nan")
     log(f"  N={cases[0].n} L={cases[0].ell}: " + ", ".join(f"{c.label} {c.result['ms']:.1f} ms" for c in cases))
+
+
+def alternated_processes(jobs: dict[str, tuple[str, dict[str, str]]], rounds: int) -> dict[str, list[list[str]]]:
+    """Each job ``name: (python code, environment overrides)`` run ``rounds`` times, each time in a fresh
+    1-thread process, the jobs alternated within every round (so that a busy machine slows them alike): per
+    job, the fields of each run's last output line. For settings that are process-wide (the allocator)."""
+    out: dict[str, list[list[str]]] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, (code, env) in jobs.items():
+            proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                                  cwd=REPO, capture_output=True, text=True, check=True)
+            out[name].append(proc.stdout.strip().splitlines()[-1].split())
+    return out
 
 
 def fmt(x: float | None, digits: int = 1) -> str:

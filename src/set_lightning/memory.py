@@ -36,14 +36,12 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("SET_LIGHTNING_KEEP_HEAP", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = None if os.environ.get("SET_LIGHTNING_KEEP_HEAP", "1") == "0" else _glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (e.g. musl): its malloc differs
-            return False
         _applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
-    except (OSError, AttributeError):
+    except AttributeError:
         _applied = False
     return _applied
 
@@ -59,12 +57,19 @@ def release_freed_memory() -> bool:
     import gc
 
     gc.collect()
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return False
+    return bool(libc.malloc_trim(0))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, if it is glibc on Linux (its ``mallopt`` parameters and ``malloc_trim``); else None
+    (e.g. musl, whose malloc differs)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        if not hasattr(libc, "malloc_trim"):
-            return False
-        return bool(libc.malloc_trim(0))
     except OSError:
-        return False
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
