@@ -121,15 +121,20 @@ def training_flops(net: nn.Module, *, batch: int, history: int, n: int) -> int:
     """Matmul FLOPs of one training step (forward and backward) of ``net`` on a batch of that shape.
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions; the
-    elementwise work is not counted). The optimiser step and the loss add no matmuls. ``net`` is left
-    as it was (its gradients are cleared).
+    elementwise work is not counted) on the model's whole defined function: a shortcut of the code that
+    skips outputs nobody reads (SET's last block on the last frame only, with ``readout="last"``) is
+    off while counting (:func:`~set_lightning.models.base.every_output_computed`), so that a budget
+    means the same number of steps before and after such a change of the code. The optimiser step and
+    the loss add no matmuls. ``net`` is left as it was (its gradients are cleared).
     """
     from torch.utils.flop_counter import FlopCounterMode
+
+    from set_lightning.models.base import every_output_computed
 
     was_training = net.training
     net.train()
     inputs = _inputs(net, batch, history, n, next(net.parameters()).dtype)
-    with FlopCounterMode(display=False) as counter:
+    with every_output_computed(net), FlopCounterMode(display=False) as counter:
         _objective(net, inputs).backward()
     net.zero_grad(set_to_none=True)
     net.train(was_training)

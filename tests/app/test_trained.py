@@ -42,11 +42,18 @@ def test_each_file_is_weights_only_and_is_the_manifests(name):
     assert ckpt["hyper_parameters"]["net"] == entry["config"]["net"]
 
 
+#: the split is simulated afresh and the model evaluated in float32: on another CPU the sums round
+#: differently (vector width, MKL or ATen kernels). The N = 5 models reproduce their manifests to 1e-6 on
+#: both CPUs measured; the N = 100 gravity ones (manifests from an AMD EPYC) to 3.0e-6 and 3.3e-6 on an
+#: Intel Xeon with AMX. A wrong model, split or metric is off by percents.
+REL_TOL = 2e-5
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_test_reproduces_the_manifest_and_predict_draws(name, tmp_path, data_cache, monkeypatch):
-    """From any working directory, by name: the regenerated test split gives the manifest's MSE (1e-6); a
-    model whose full split takes minutes to simulate (gravity, N = 100) is checked on its manifest's smaller
-    split (``test_slice``), and predicts on that split too."""
+    """From any working directory, by name: the regenerated test split gives the manifest's MSE (to
+    :data:`REL_TOL`); a model whose full split takes minutes to simulate (gravity, N = 100) is checked on
+    its manifest's smaller split (``test_slice``), and predicts on that split too."""
     from set_lightning.lightning_cli import make_cli
 
     monkeypatch.chdir(tmp_path)
@@ -55,7 +62,7 @@ def test_test_reproduces_the_manifest_and_predict_draws(name, tmp_path, data_cac
     cli = make_cli(["test", "--ckpt_path", name, f"--data.cache_dir={data_cache}", "--trainer.enable_progress_bar=false",
                     "--trainer.enable_model_summary=false", *n_test])
     got = float(cli.trainer.callback_metrics["test/pos_mse"])
-    assert abs(got / expected["pos_mse"] - 1) < 1e-6, (got, expected)
+    assert abs(got / expected["pos_mse"] - 1) < REL_TOL, (got, expected)
     assert (tmp_path / "runs" / "shipped" / name / "metrics.csv").is_file()
     pred = run_cli(["predict", "--ckpt_path", name, f"--data.cache_dir={data_cache}", *(n_test or ["--data.n_test=100"]),
                     "--trainer.enable_progress_bar=false"], cwd=tmp_path)

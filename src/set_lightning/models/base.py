@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -46,6 +47,24 @@ def renamed_argument(owner: str, name: str, value: Any, default: Any, old_name: 
     warnings.warn(f"{owner}: {old_name} is deprecated, it is called {name} now (same meaning)", FutureWarning,
                   stacklevel=3)
     return old_value
+
+
+@contextmanager
+def every_output_computed(net: nn.Module) -> Iterator[nn.Module]:
+    """Within this block the modules of ``net`` compute every output of their defined function, also the
+    ones their forward does not read (each module with a ``skip_unread`` attribute has it set to False;
+    :class:`~set_lightning.models.set.SET` with ``readout="last"`` otherwise computes its last block on
+    the last frame only). The predictions are the same; what changes is the work, so that the compute
+    unit (:func:`set_lightning.compute.training_flops`) counts the function, not a shortcut of its code.
+    """
+    saved = [(m, m.skip_unread) for m in net.modules() if hasattr(m, "skip_unread")]
+    try:
+        for m, _ in saved:
+            m.skip_unread = False
+        yield net
+    finally:
+        for m, value in saved:
+            m.skip_unread = value
 
 
 class NBodyModel(nn.Module):

@@ -215,3 +215,26 @@ def sinusoidal_encoding(pos: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2:
         pe = torch.cat([pe, torch.zeros_like(pe[..., :1])], dim=-1)
     return pe
+
+
+def dropout_part(
+    x: torch.Tensor, p: float, training: bool, full_shape: tuple[int, ...], part: tuple[slice | int, ...],
+) -> torch.Tensor:
+    """``nn.functional.dropout(full, p, training)[part]`` where only ``x = full[part]`` is computed.
+
+    The mask is drawn for the whole tensor, as the dropout of the whole tensor draws it, and only its
+    ``part`` is applied: the same random numbers (bit for bit), the same generator state after, and a
+    fraction of the multiply. Used where only the last frame of a layer's output is read
+    (:class:`~set_lightning.models.set.SET`'s last block with ``readout="last"``). On CPU, dropout is
+    ``input * empty_like(input).bernoulli_(1 - p).div_(1 - p)``, followed here on the part; other devices
+    (a fused kernel) take the mask as the dropout of a tensor of ones.
+
+    Shapes:
+        x: ``full[part]`` of a tensor of ``full_shape`` -> the same shape as ``x``.
+    """
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu" or p == 1:
+        return x * nn.functional.dropout(x.new_ones(full_shape), p, training)[part]
+    noise = x.new_empty(full_shape).bernoulli_(1 - p)[part]
+    return x * noise.div_(1 - p)

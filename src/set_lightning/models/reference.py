@@ -16,6 +16,9 @@ the concatenated features, and are slower and larger.
 * :func:`egcl` — :class:`~set_lightning.models.egcl.EGCL` on dense ``N x N`` pairs with a mask;
 * :func:`etal` — :class:`~set_lightning.models.etal.ETAL` with the concatenated pair features.
 
+SET with ``readout="last"`` computes its last block on the last frame only; its readable form is the
+same model computing every frame (:func:`~set_lightning.models.base.every_output_computed`).
+
 Axis symbols as in :mod:`set_lightning.models.layers`.
 """
 
@@ -170,3 +173,4 @@ def etal(layer, h, x, u, batch):  # type: ignore[no-untyped-def]
     us = ut.unsqueeze(-3).expand(bt, t, t, 3).unsqueeze(-2)
     ut = ut + (abar * layer.phi_u(p, us)).sum(-2)
     return unfold(ht), unfold(xt), unfold(ut)
+

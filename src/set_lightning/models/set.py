@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -11,7 +13,7 @@ from .base import GraphModel, require_dropout, require_sizes
 from .egcl import EGCL
 from .etal import ETAL
 from .graph import Graph
-from .layers import VectorOut
+from .layers import VectorOut, dropout_part
 
 #: where SET reads its prediction: the time average of the frames, or the last frame
 READOUTS = ("mean", "last")
@@ -37,9 +39,14 @@ class SETBlock(nn.Module):
         activation_checkpointing: while gradients are recorded, keep only each layer's (EGCL, ETAL,
             feed-forward) inputs and recompute its insides in the backward pass (see :class:`SET`).
 
+    ``last_frame=True`` returns the last frame's outputs only (the EGCLs still run on every frame, whose
+    features ETAL reads; ETAL computes the last frame's queries and the feed-forward the last frame):
+    the same numbers as the last frame of the full outputs, dropout masks included.
+
     Shapes:
         h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_features)`` on the edges of ``graph``
-        (``K`` per node) with ``G = B * L``, batch: ``B`` -> h ``(G, N, H)``, x, u ``(G, N, 3)``.
+        (``K`` per node) with ``G = B * L``, batch: ``B`` -> h ``(G, N, H)``, x, u ``(G, N, 3)``; with
+        ``last_frame`` h ``(B, N, H)``, x, u ``(B, N, 3)``.
     """
 
     def __init__(
@@ -67,24 +74,43 @@ class SETBlock(nn.Module):
 
     def forward(
         self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int,
-        graph: Graph | None = None,
+        graph: Graph | None = None, *, last_frame: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         run = self.recomputed if self.activation_checkpointing and torch.is_grad_enabled() else self.called
         for egcl in self.egcls:
             h, x = run(egcl, h, x, u, edge_attr, graph)
+        if not last_frame:
+            if self.etal is not None:
+                h, x, u = run(self.etal, h, x, u, batch)
+            return h + run(self.ff, h), x, u
+        full_shape = (batch, h.shape[0] // batch, *h.shape[1:])  # (B, L, N, H)
         if self.etal is not None:
-            h, x, u = run(self.etal, h, x, u, batch)
-        return h + run(self.ff, h), x, u
+            h, x, u = run(self.etal, h, x, u, batch, last_frame=True)
+        else:
+            h, x, u = (z.view(batch, -1, *z.shape[1:])[:, -1] for z in (h, x, u))
+        return h + run(self.last_frame_ff, h, full_shape), x, u
+
+    def last_frame_ff(self, h: torch.Tensor, full_shape: tuple[int, ...]) -> torch.Tensor:
+        """``self.ff`` on the last frame of a ``full_shape`` input, with the full input's dropout masks.
+
+        Shapes: h ``(B, N, H)``, full_shape ``(B, L, N, H)`` -> ``(B, N, H)``.
+        """
+        for layer in self.ff:
+            if isinstance(layer, nn.Dropout):
+                h = dropout_part(h, layer.p, layer.training, (*full_shape[:-1], h.shape[-1]), (slice(None), -1))
+            else:
+                h = layer(h)
+        return h
 
     @staticmethod
-    def called(layer: nn.Module, *args: object) -> object:
-        return layer(*args)
+    def called(layer: Callable[..., object], *args: object, **kwargs: object) -> object:
+        return layer(*args, **kwargs)
 
     @staticmethod
-    def recomputed(layer: nn.Module, *args: object) -> object:
-        """``layer(*args)``, its intermediate tensors recomputed in the backward pass instead of stored
-        (the random state is replayed, so dropout draws the same masks: the same numbers)."""
-        return checkpoint(layer, *args, use_reentrant=False, preserve_rng_state=True)
+    def recomputed(layer: Callable[..., object], *args: object, **kwargs: object) -> object:
+        """``layer(*args, **kwargs)``, its intermediate tensors recomputed in the backward pass instead of
+        stored (the random state is replayed, so dropout draws the same masks: the same numbers)."""
+        return checkpoint(layer, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
 
 
 class SET(GraphModel):
@@ -173,6 +199,9 @@ class SET(GraphModel):
         if readout not in READOUTS:
             raise UserError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
         self.readout = readout
+        #: with ``readout="last"``, compute the last block on the last frame only (the same predictions;
+        #: off inside :func:`~set_lightning.models.base.every_output_computed`, what the compute unit counts)
+        self.skip_unread = True
         if hidden % n_heads:
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
         self.equivariant = equivariant
@@ -205,18 +234,33 @@ class SET(GraphModel):
         h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1).to(x.dtype)
         xs, us = x.reshape(b * ell, n, 3), v.reshape(b * ell, n, 3)
         graph, edges = self.graph_edges(xs, attrs, pair, ell)
+        if self.readout == "last" and self.skip_unread:
+            # only the last frame is read: the last block computes it alone (block docstring; same numbers)
+            for i, block in enumerate(self.blocks):
+                h, xs, us = block(h, xs, us, edges, b, graph, last_frame=i == len(self.blocks) - 1)
+            return self.read_last_frame(h, xs, us, x, v)
         for block in self.blocks:
             h, xs, us = block(h, xs, us, edges, b, graph)
 
         h, xs, us = h.reshape(b, ell, n, -1), xs.reshape(b, ell, n, 3), us.reshape(b, ell, n, 3)
-        if self.readout == "last":
-            h_last, x_last, u_last = self.out_norm(h[:, -1]), xs[:, -1], us[:, -1]
-            x_pred = x_last + self.head_x(h_last, u_last.unsqueeze(-2))
-            v_pred = v[:, -1] + self.head_v(h_last, torch.stack([u_last, x_last - x[:, -1]], dim=-2))
-            return x_pred, v_pred
+        if self.readout == "last":  # every frame computed (every_output_computed), the last one read
+            return self.read_last_frame(h[:, -1], xs[:, -1], us[:, -1], x, v)
         hbar = self.out_norm(h.mean(1))
         dx = (xs - x).mean(1)
         ubar = us.mean(1)
         x_pred = x[:, -1] + dx + self.head_x(hbar, ubar.unsqueeze(-2))
         v_pred = v[:, -1] + self.head_v(hbar, torch.stack([ubar, dx], dim=-2))
+        return x_pred, v_pred
+
+    def read_last_frame(
+        self, h_last: torch.Tensor, x_last: torch.Tensor, u_last: torch.Tensor, x: torch.Tensor, v: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``readout="last"`` prediction from the last frame's final features, coordinate and velocity.
+
+        Shapes: h_last ``(B, N, H)``, x_last, u_last ``(B, N, 3)``, x, v ``(B, L, N, 3)`` (the inputs) ->
+        x_pred, v_pred ``(B, N, 3)``.
+        """
+        h_last = self.out_norm(h_last)
+        x_pred = x_last + self.head_x(h_last, u_last.unsqueeze(-2))
+        v_pred = v[:, -1] + self.head_v(h_last, torch.stack([u_last, x_last - x[:, -1]], dim=-2))
         return x_pred, v_pred
