@@ -214,9 +214,28 @@ def test_pair_silu_gates_equals_reference(monkeypatch, chunk, k):
                    lambda: reference.pair_silu_gates(za, zb, [], None, weight), [za, zb, weight])
 
 
+@pytest.mark.parametrize("chunk", [None, 700])  # one chunk, or a few graphs per chunk (and a partial last one)
+@pytest.mark.parametrize("kind", ["complete", "knn"])
+def test_edge_messages_equals_reference(monkeypatch, chunk, kind):
+    """EGCL's chunked, store-nothing message MLP: outputs and every gradient (node terms, edge columns, their
+    weights, the second layer) equal the plain form, for a shared and a per-graph neighbour table."""
+    if chunk is not None:
+        monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    g, n, d, e = 7, 5, 6, 4
+    index = neighbour_index(n) if kind == "complete" else Graph.knn(torch.randn(g, n, 3, dtype=torch.float64), 3).index
+    k = index.shape[-1]
+    za, zb, r, a, wcols, w2, b2 = _leaves((g, n, d), (g, n, d), (g, n, k, 1), (g, n, k, 1), (d, 2), (e, d), (e,))
+    leaves = [za, zb, r, a, wcols, w2, b2]
+    _same_function(lambda: fused.edge_messages(za, zb, index, [r, a], wcols, w2, b2),
+                   lambda: reference.edge_messages(za, zb, index, [r, a], wcols, w2, b2), leaves)
+    _same_function(lambda: fused.edge_messages(za, zb, index, [], None, w2, b2),  # no edge columns
+                   lambda: reference.edge_messages(za, zb, index, [], None, w2, b2), [za, zb, w2, b2])
+
+
 @pytest.fixture(params=["store less", "plain"])
 def store_less(request, monkeypatch):
-    """Both paths of silu_linear: recompute the SiLU in the backward (every size), or store it (as at N = 5)."""
+    """Both paths of EGCL's edge MLPs (edge_messages, silu_linear): store nothing and recompute in the
+    backward (every size, as at N = 20), or the plain layers (as at N = 5)."""
     monkeypatch.setattr(fused, "STORE_LESS_ELEMENTS", 0 if request.param == "store less" else 1 << 62)
     return request.param
 

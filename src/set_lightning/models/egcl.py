@@ -7,7 +7,8 @@ from torch import nn
 
 from ..errors import UserError
 from .base import renamed_argument
-from .fused import silu_linear
+from . import fused
+from .fused import edge_messages, silu_linear
 from .graph import Graph
 from .layers import EPS, PairLinear, VectorOut
 
@@ -42,7 +43,9 @@ class EGCL(nn.Module):
     cost grows as ``N k``); ``phi_e``'s first layer is a :class:`PairLinear`
     (``W [h_i; h_j; e] = W_1 h_i + W_2 h_j + W_3 e``, computed per node and broadcast); ``phi_x``'s scalar
     gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product); on large edge tensors (N = 20)
-    the ``SiLU -> Linear`` pairs of ``phi_e`` and ``phi_x`` do not store the SiLU's output
+    ``phi_e`` (its first layer, SiLU, second layer and SiLU) is computed by chunks of graphs without
+    storing an edge tensor (:func:`~set_lightning.models.fused.edge_messages`: the backward recomputes its
+    inside, one more matrix product) and ``phi_x``'s ``SiLU -> Linear`` does not store the SiLU's output
     (:func:`~set_lightning.models.fused.silu_linear`). The readable dense form of the whole layer is
     :func:`set_lightning.models.reference.egcl`.
 
@@ -126,8 +129,14 @@ class EGCL(nn.Module):
         cols = [radial, *edge_attr.split(1, dim=-1)]
         if not self.equivariant:
             cols += diff.split(1, dim=-1)
-        pre = self.edge_in(hn, hn, [c.to(radial.dtype) for c in cols], graph.index)
-        act, lin, act_out = self.edge_out  # SiLU -> Linear -> SiLU; the first SiLU's output is not stored
+        cols = [c.to(radial.dtype) for c in cols]
+        act, lin, act_out = self.edge_out  # SiLU -> Linear -> SiLU
+        g, n, k = radial.shape[:3]
+        if g * n * k * self.edge_in.lin_a.out_features >= fused.STORE_LESS_ELEMENTS:
+            # large edge tensors (N = 20): the whole chain by chunks of graphs, no edge tensor stored
+            za, zb, tensor_cols, weight = self.edge_in.node_terms(hn, hn, cols)
+            return edge_messages(za, zb, graph.index, tensor_cols, weight, lin.weight, lin.bias)
+        pre = self.edge_in(hn, hn, cols, graph.index)
         return act_out(silu_linear(pre, lin.weight, lin.bias))
 
     def edge_attention(self, m: torch.Tensor, graph: Graph) -> torch.Tensor | None:

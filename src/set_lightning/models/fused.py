@@ -6,6 +6,8 @@ over the edge and pair tensors or storing less for the backward.
 - :func:`silu_linear`: ``SiLU(x) @ weight.T + bias`` keeping only ``x`` on large tensors;
 - :func:`pair_silu_gates`: ETAL's equivariant gates from the ``(R, T, T, H)`` pair tensor, chunk by chunk,
   without storing it.
+- :func:`edge_messages`: EGCL's messages ``phi_e`` (pair layer, SiLU, linear layer, SiLU) on large edge
+  tensors, chunk by chunk, storing no edge tensor.
 
 Axis symbols as in :mod:`.layers`.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .graph import gather_nodes
 
 
 class _AddOuter(torch.autograd.Function):
@@ -229,3 +233,116 @@ def pair_silu_gates(
         wcols, cols = za.new_zeros(za.shape[-1], 0), []
     cols = [c.to(dtype) for c in cols]
     return _PairSiluGates.apply(za, zb.to(dtype), wcols.to(dtype), weight.to(dtype), *cols)
+
+
+def _edge_pre(za, zb, index, wrows, cols, r0, r1):  # type: ignore[no-untyped-def]
+    """The edge pre-activations ``za_i + zb_{index[i, k]} + cols_ik @ wcols.T`` of graphs ``r0:r1``.
+
+    Shapes: za, zb ``(G, N, d)``, index ``(N, K)`` or ``(G, N, K)``, wrows ``(c, d)``, cols broadcastable to
+    ``(G, N, K, 1)`` -> ``(r1 - r0, N, K, d)``.
+    """
+    part = index if index.dim() == 2 else index[r0:r1]
+    pre = gather_nodes(zb[r0:r1], part)
+    pre += za[r0:r1].unsqueeze(-2)
+    for c, col in enumerate(cols):
+        pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wrows[c])
+    return pre
+
+
+def _scatter_nodes(g_pre: torch.Tensor, index: torch.Tensor, q: int) -> torch.Tensor:
+    """The gradient of :func:`~set_lightning.models.graph.gather_nodes` (an ``index_add`` over the gathered nodes).
+
+    Shapes: g_pre ``(G, N, K, d)``, index ``(N, K)`` or ``(G, N, K)`` -> ``(G, q, d)``.
+    """
+    g, n, k, d = g_pre.shape
+    out = g_pre.new_zeros(g, q, d)
+    if index.dim() == 2:
+        return out.index_add_(1, index.flatten(), g_pre.view(g, n * k, d))
+    offsets = torch.arange(g, device=index.device).view(g, 1, 1) * q
+    out.view(g * q, d).index_add_(0, (index + offsets).flatten(), g_pre.view(g * n * k, d))
+    return out
+
+
+class _EdgeMessages(torch.autograd.Function):
+    """``silu(linear(silu(za_i + zb_j + cols_ij @ wcols.T), w2, b2))`` on the edges, storing no edge tensor
+    (see :func:`edge_messages`)."""
+
+    @staticmethod
+    def forward(ctx, za, zb, index, wcols, w2, b2, *cols):  # type: ignore[override]
+        g, n, d = za.shape
+        k, e = index.shape[-1], w2.shape[0]
+        out = za.new_empty(g, n, k, e)
+        step = _rows(g, n * k * max(d, e))
+        wrows = wcols.t().contiguous()
+        with torch.autocast(za.device.type, enabled=False):
+            for r0 in range(0, g, step):
+                r1 = min(r0 + step, g)
+                s1 = nn.functional.silu(_edge_pre(za, zb, index, wrows, cols, r0, r1), inplace=True)
+                chunk = out[r0:r1].view(-1, e)
+                torch.addmm(b2, s1.view(-1, d), w2.t(), out=chunk)
+                nn.functional.silu(chunk, inplace=True)
+        ctx.save_for_backward(za, zb, index, wrows, w2, b2, *cols)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        za, zb, index, wrows, w2, b2, *cols = ctx.saved_tensors
+        need_za, need_zb, _, need_wc, need_w2, need_b2, *need_cols = ctx.needs_input_grad
+        g, n, d = za.shape
+        k, e = index.shape[-1], w2.shape[0]
+        g_za = torch.empty_like(za) if need_za else None
+        g_zb = torch.empty_like(zb) if need_zb else None
+        g_w2 = torch.zeros_like(w2) if need_w2 else None
+        g_b2 = torch.zeros_like(b2) if need_b2 else None
+        g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
+        g_cols = [torch.zeros_like(col) if need else None for col, need in zip(cols, need_cols)]
+        step = _rows(g, n * k * max(d, e))
+        for r0 in range(0, g, step):
+            r1 = min(r0 + step, g)
+            pre = _edge_pre(za, zb, index, wrows, cols, r0, r1).view(-1, d)
+            s1 = nn.functional.silu(pre)
+            g_l = torch.ops.aten.silu_backward(grad[r0:r1].reshape(-1, e), torch.addmm(b2, s1, w2.t()))
+            if need_w2:
+                g_w2.addmm_(g_l.t(), s1)
+            if need_b2:
+                g_b2 += g_l.sum(0)
+            g_pre = torch.ops.aten.silu_backward(g_l @ w2, pre)
+            g4 = g_pre.view(r1 - r0, n, k, d)
+            if need_za:
+                torch.sum(g4, 2, out=g_za[r0:r1])
+            if need_zb:
+                g_zb[r0:r1] = _scatter_nodes(g4, index if index.dim() == 2 else index[r0:r1], zb.shape[1])
+            for c, col in enumerate(cols):
+                part = _chunk_col(col, g, r0, r1)
+                if need_wc:
+                    g_wc[c] += (part.expand(r1 - r0, n, k, 1).reshape(1, -1) @ g_pre).squeeze(0)
+                if g_cols[c] is not None:
+                    g_col = (g_pre @ wrows[c]).view(r1 - r0, n, k, 1).sum_to_size(part.shape)
+                    if part is col:
+                        g_cols[c] += g_col
+                    else:
+                        g_cols[c][r0:r1] = g_col
+        return (g_za, g_zb, None, None if g_wc is None else g_wc.t(), g_w2, g_b2, *g_cols)
+
+
+def edge_messages(
+    za: torch.Tensor, zb: torch.Tensor, index: torch.Tensor, cols: list[torch.Tensor], wcols: torch.Tensor | None,
+    w2: torch.Tensor, b2: torch.Tensor,
+) -> torch.Tensor:
+    """EGCL's messages ``m_ij = SiLU(W_2 SiLU(za_i + zb_j + cols_ij @ wcols.T) + b_2)`` on the edges
+    ``(i, j = index[i, k])``, computed graph chunk by graph chunk, storing no edge tensor for the backward.
+
+    The same function as ``SiLU(Linear(SiLU(PairLinear(...))))`` (the readable form:
+    :func:`~set_lightning.models.reference.edge_messages`). The backward recomputes each chunk's
+    pre-activations and its first layer (one more ``(E, H) @ (H, H)`` product than storing them) instead
+    of keeping two edge tensors. Used by EGCL from :data:`STORE_LESS_ELEMENTS` edge elements on.
+
+    Shapes:
+        za, zb: ``(G, N, d)``, index: ``(N, K)`` or ``(G, N, K)``, cols: ``c`` tensors broadcastable to
+        ``(G, N, K, 1)``, wcols: ``(d, c)`` (None without cols), w2: ``(e, d)``, b2: ``(e,)`` -> ``(G, N, K, e)``.
+    """
+    dtype = za.dtype
+    if wcols is None:
+        wcols, cols = za.new_zeros(za.shape[-1], 0), []
+    cols = [c.to(dtype) for c in cols]
+    return _EdgeMessages.apply(za, zb.to(dtype), index, wcols.to(dtype), w2.to(dtype), b2.to(dtype), *cols)

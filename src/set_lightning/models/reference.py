@@ -13,6 +13,7 @@ the concatenated features, and are slower and larger.
 * :func:`vector_gate` — :meth:`VectorOut.gate <set_lightning.models.layers.VectorOut.gate>`;
 * :func:`silu_linear` — :func:`~set_lightning.models.fused.silu_linear`;
 * :func:`pair_silu_gates` — :func:`~set_lightning.models.fused.pair_silu_gates`;
+* :func:`edge_messages` — :func:`~set_lightning.models.fused.edge_messages`;
 * :func:`egcl` — :class:`~set_lightning.models.egcl.EGCL` on dense ``N x N`` pairs with a mask;
 * :func:`etal` — :class:`~set_lightning.models.etal.ETAL` with the concatenated pair features.
 
@@ -92,6 +93,22 @@ def pair_silu_gates(
         shape = pre.shape[:-1] + (1,)
         pre = pre + nn.functional.linear(torch.cat([c.expand(shape) for c in cols], -1), wcols)
     return nn.functional.linear(nn.functional.silu(pre), weight)
+
+
+def edge_messages(za, zb, index, cols, wcols, w2, b2):  # type: ignore[no-untyped-def]
+    """``SiLU(Linear(SiLU(za_i + zb_{index[i, k]} + cat(cols) @ wcols.T)))`` with every edge tensor kept.
+
+    Shapes: za, zb ``(G, N, d)``, index ``(N, K)`` or ``(G, N, K)``, cols ``c`` x broadcastable to
+    ``(G, N, K, 1)``, wcols ``(d, c)`` or None, w2 ``(e, d)``, b2 ``(e,)`` -> ``(G, N, K, e)``.
+    """
+    if index.dim() == 2:
+        zj = zb[:, index]
+    else:
+        zj = torch.stack([zb[g][index[g]] for g in range(zb.shape[0])])
+    pre = za.unsqueeze(-2) + zj
+    if cols:
+        pre = pre + nn.functional.linear(torch.cat([c.expand(pre.shape[:-1] + (1,)) for c in cols], -1), wcols)
+    return nn.functional.silu(nn.functional.linear(nn.functional.silu(pre), w2, b2))
 
 
 def egcl(layer, h, x, v, edge_attr, adj=None):  # type: ignore[no-untyped-def]
