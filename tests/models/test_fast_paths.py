@@ -232,6 +232,18 @@ def test_edge_messages_equals_reference(monkeypatch, chunk, kind):
                    lambda: reference.edge_messages(za, zb, index, [], None, w2, b2), [za, zb, w2, b2])
 
 
+@pytest.mark.parametrize("chunk", [None, 40])  # one chunk, or a few rows per chunk (and a partial last one)
+@pytest.mark.parametrize("k,biases", [(1, (True, False)), (2, (True, True)), (5, (False, True))])
+def test_linear_silu_linear_equals_reference(monkeypatch, chunk, k, biases):
+    if chunk is not None:
+        monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk)
+    x, w1, b1, w2, b2 = _leaves((3, 5, 6), (7, 6), (7,), (k, 7), (k,))
+    b1, b2 = (b if keep else None for b, keep in zip((b1, b2), biases))
+    leaves = [t for t in (x, w1, b1, w2, b2) if t is not None]
+    _same_function(lambda: fused.linear_silu_linear(x, w1, b1, w2, b2),
+                   lambda: reference.linear_silu_linear(x, w1, b1, w2, b2), leaves)
+
+
 @pytest.fixture(params=["store less", "plain"])
 def store_less(request, monkeypatch):
     """Both paths of EGCL's edge MLPs (edge_messages, silu_linear): store nothing and recompute in the

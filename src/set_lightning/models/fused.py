@@ -346,3 +346,68 @@ def edge_messages(
         wcols, cols = za.new_zeros(za.shape[-1], 0), []
     cols = [c.to(dtype) for c in cols]
     return _EdgeMessages.apply(za, zb.to(dtype), index, wcols.to(dtype), w2.to(dtype), b2.to(dtype), *cols)
+
+
+class _LinearSiluLinear(torch.autograd.Function):
+    """``linear(silu(linear(x, w1, b1)), w2, b2)`` storing only ``x`` (see :func:`linear_silu_linear`)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):  # type: ignore[override]
+        d, k = x.shape[-1], w2.shape[0]
+        x2 = x.reshape(-1, d)
+        out = x.new_empty(x2.shape[0], k)
+        step = _rows(x2.shape[0], max(d, w1.shape[0]))
+        with torch.autocast(x.device.type, enabled=False):
+            for r0 in range(0, x2.shape[0], step):
+                s = nn.functional.silu(nn.functional.linear(x2[r0:r0 + step], w1, b1), inplace=True)
+                torch.mm(s, w2.t(), out=out[r0:r0 + step])
+            if b2 is not None:
+                out += b2
+        ctx.save_for_backward(x, w1, b1, w2)
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        return out.view(*x.shape[:-1], k)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, w1, b1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        d, k = x.shape[-1], w2.shape[0]
+        x2, g2 = x.reshape(-1, d), grad.reshape(-1, k)
+        g_x = torch.empty_like(x2) if need_x else None
+        g_w1 = torch.zeros_like(w1) if need_w1 else None
+        g_b1 = torch.zeros_like(b1) if ctx.has_b1 and need_b1 else None
+        g_w2 = torch.zeros_like(w2) if need_w2 else None
+        step = _rows(x2.shape[0], max(d, w1.shape[0]))
+        for r0 in range(0, x2.shape[0], step):
+            xc, gc = x2[r0:r0 + step], g2[r0:r0 + step]
+            pre = nn.functional.linear(xc, w1, b1)
+            if need_w2:
+                g_w2.addmm_(gc.t(), nn.functional.silu(pre))
+            g_pre = torch.ops.aten.silu_backward(_times_rows(gc, w2), pre)
+            if need_w1:
+                g_w1.addmm_(g_pre.t(), xc)
+            if g_b1 is not None:
+                g_b1 += g_pre.sum(0)
+            if need_x:
+                torch.mm(g_pre, w1, out=g_x[r0:r0 + step])
+        g_b2 = g2.sum(0) if ctx.has_b2 and need_b2 else None
+        return None if g_x is None else g_x.view(x.shape), g_w1, g_b1, g_w2, g_b2
+
+
+def linear_silu_linear(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
+) -> torch.Tensor:
+    """A two-layer MLP ``Linear -> SiLU -> Linear`` with few outputs, storing only its input ``x``.
+
+    The same function as the three modules (the readable form:
+    :func:`~set_lightning.models.reference.linear_silu_linear`), computed by chunks of rows; the backward
+    recomputes each chunk's hidden layer (one more ``(R, d) @ (d, h)`` product) instead of keeping the
+    hidden pre-activations, and takes ``grad @ w2`` as ``k`` rank-1 updates. Used for EGCL's coordinate gate
+    ``phi_x(m_ij)`` on large edge tensors, whose input (the messages) is stored by the layer anyway.
+
+    Shapes:
+        x: ``(*, d)``, w1: ``(h, d)``, b1: ``(h,)`` or None, w2: ``(k, h)``, b2: ``(k,)`` or None -> ``(*, k)``.
+    """
+    dtype = x.dtype
+    cast = [None if t is None else t.to(dtype) for t in (w1, b1, w2, b2)]
+    return _LinearSiluLinear.apply(x, *cast)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import fused
-from .fused import add_outer_, silu_linear
+from .fused import add_outer_, linear_silu_linear, silu_linear
 from .graph import gather_nodes
 
 EPS = 1e-8
@@ -85,8 +85,9 @@ class VectorOut(nn.Module):
         """The bounded scalar gate ``g(f)`` of an equivariant one-vector head (``forward(f, V) = g(f) V``).
 
         The last layer is a matrix-vector product: for a large ``f`` (edges, pairs) a ``(R, 1)`` GEMM and
-        its rank-1 backward are several times slower on CPU. After a SiLU it is :func:`silu_linear`
-        (the SiLU's output is not stored). Readable form: :func:`~set_lightning.models.reference.vector_gate`.
+        its rank-1 backward are several times slower on CPU. On a large ``f`` a two-layer MLP is
+        :func:`linear_silu_linear` (only ``f`` stored), a deeper one ends in :func:`silu_linear` (the SiLU's
+        output is not stored). Readable form: :func:`~set_lightning.models.reference.vector_gate`.
 
         Shapes:
             f: ``(*, d_in)`` -> ``(*)``.
@@ -95,7 +96,11 @@ class VectorOut(nn.Module):
             raise ValueError("gate() needs an equivariant head with one vector")
         weight, bias = self.last_layer()
         layers = list(self.net)
-        if len(layers) >= 3 and isinstance(layers[-2], nn.SiLU) and f.numel() >= fused.STORE_LESS_ELEMENTS:
+        large = f.numel() >= fused.STORE_LESS_ELEMENTS
+        if large and len(layers) == 3 and isinstance(layers[1], nn.SiLU):
+            first = layers[0]  # Linear -> SiLU -> Linear storing only f: see linear_silu_linear
+            return self.bound(linear_silu_linear(f, first.weight, first.bias, weight, bias).squeeze(-1))
+        if large and len(layers) >= 3 and isinstance(layers[-2], nn.SiLU):
             pre = f  # SiLU -> last Linear without storing the SiLU's output: see silu_linear
             for layer in layers[:-2]:
                 pre = layer(pre)

@@ -14,6 +14,7 @@ the concatenated features, and are slower and larger.
 * :func:`silu_linear` — :func:`~set_lightning.models.fused.silu_linear`;
 * :func:`pair_silu_gates` — :func:`~set_lightning.models.fused.pair_silu_gates`;
 * :func:`edge_messages` — :func:`~set_lightning.models.fused.edge_messages`;
+* :func:`linear_silu_linear` — :func:`~set_lightning.models.fused.linear_silu_linear`;
 * :func:`egcl` — :class:`~set_lightning.models.egcl.EGCL` on dense ``N x N`` pairs with a mask;
 * :func:`etal` — :class:`~set_lightning.models.etal.ETAL` with the concatenated pair features.
 
@@ -109,6 +110,11 @@ def edge_messages(za, zb, index, cols, wcols, w2, b2):  # type: ignore[no-untype
     if cols:
         pre = pre + nn.functional.linear(torch.cat([c.expand(pre.shape[:-1] + (1,)) for c in cols], -1), wcols)
     return nn.functional.silu(nn.functional.linear(nn.functional.silu(pre), w2, b2))
+
+
+def linear_silu_linear(x, w1, b1, w2, b2):  # type: ignore[no-untyped-def]
+    """``Linear(SiLU(Linear(x)))``.  Shapes: x ``(*, d)``, w1 ``(h, d)``, w2 ``(k, h)`` -> ``(*, k)``."""
+    return nn.functional.linear(nn.functional.silu(nn.functional.linear(x, w1, b1)), w2, b2)
 
 
 def egcl(layer, h, x, v, edge_attr, adj=None):  # type: ignore[no-untyped-def]
