@@ -149,6 +149,26 @@ def _chunk_col(col: torch.Tensor, n_rows: int, r0: int, r1: int) -> torch.Tensor
     return col[r0:r1] if col.dim() == 4 and col.shape[0] == n_rows else col
 
 
+def _add_col_grads(g_pre: torch.Tensor, cols: list[torch.Tensor], wrows: torch.Tensor, g_wc: torch.Tensor | None,
+                   g_cols: list[torch.Tensor | None], n_rows: int, r0: int, r1: int) -> None:
+    """Add one chunk's share to the gradients of the edge columns (``g_cols``, None where not needed) and of
+    their weight rows (``g_wc``, or None), given the gradient of the chunk's pre-activations.
+
+    Shapes: g_pre ``(r1 - r0, P, Q, d)``, cols broadcastable to ``(n_rows, P, Q, 1)``, wrows, g_wc ``(c, d)``.
+    """
+    g2 = g_pre.reshape(-1, g_pre.shape[-1])
+    for c, col in enumerate(cols):
+        part = _chunk_col(col, n_rows, r0, r1)
+        if g_wc is not None:
+            g_wc[c] += (part.expand(*g_pre.shape[:-1], 1).reshape(1, -1) @ g2).squeeze(0)
+        if g_cols[c] is not None:
+            g_col = (g2 @ wrows[c]).view(*g_pre.shape[:-1], 1).sum_to_size(part.shape)
+            if part is col:
+                g_cols[c] += g_col
+            else:
+                g_cols[c][r0:r1] = g_col
+
+
 class _PairSiluGates(torch.autograd.Function):
     """``silu(za_p + zb_q + cols_pq @ wcols.T) @ weight.T`` chunk by chunk over the rows (:func:`pair_silu_gates`)."""
 
@@ -199,16 +219,7 @@ class _PairSiluGates(torch.autograd.Function):
                 torch.sum(g4, 2, out=g_za[r0:r1])
             if need_zb:
                 torch.sum(g4, 1, out=g_zb[r0:r1])
-            for c, col in enumerate(cols):
-                part = _chunk_col(col, r, r0, r1)
-                if need_wc:
-                    g_wc[c] += (part.expand(r1 - r0, p, q, 1).reshape(1, -1) @ g_pre).squeeze(0)
-                if g_cols[c] is not None:
-                    g_col = (g_pre @ wrows[c]).view(r1 - r0, p, q, 1).sum_to_size(part.shape)
-                    if part is col:
-                        g_cols[c] += g_col
-                    else:
-                        g_cols[c][r0:r1] = g_col
+            _add_col_grads(g4, cols, wrows, g_wc, g_cols, r, r0, r1)
         return (g_za, g_zb, None if g_wc is None else g_wc.t(), g_w, *g_cols)
 
 
@@ -312,16 +323,7 @@ class _EdgeMessages(torch.autograd.Function):
                 torch.sum(g4, 2, out=g_za[r0:r1])
             if need_zb:
                 g_zb[r0:r1] = _scatter_nodes(g4, index if index.dim() == 2 else index[r0:r1], zb.shape[1])
-            for c, col in enumerate(cols):
-                part = _chunk_col(col, g, r0, r1)
-                if need_wc:
-                    g_wc[c] += (part.expand(r1 - r0, n, k, 1).reshape(1, -1) @ g_pre).squeeze(0)
-                if g_cols[c] is not None:
-                    g_col = (g_pre @ wrows[c]).view(r1 - r0, n, k, 1).sum_to_size(part.shape)
-                    if part is col:
-                        g_cols[c] += g_col
-                    else:
-                        g_cols[c][r0:r1] = g_col
+            _add_col_grads(g4, cols, wrows, g_wc, g_cols, g, r0, r1)
         return (g_za, g_zb, None, None if g_wc is None else g_wc.t(), g_w2, g_b2, *g_cols)
 
 
