@@ -67,7 +67,8 @@ SET_FLAGS = [dict(zip(("equivariant", "temporal_attention", "adjacency", "activa
              for c in itertools.product([True, False], repeat=4) if c[1] or not c[2]]
 
 
-@pytest.mark.parametrize("graph", [dict(graph="complete"), dict(graph="knn", k=2)], ids=["complete", "knn"])
+@pytest.mark.parametrize("graph", [dict(graph="complete"), dict(graph="knn", k=2), dict(graph="given")],
+                         ids=["complete", "knn", "given"])
 @pytest.mark.parametrize("flags", SET_FLAGS, ids=lambda f: "-".join(k[:4] for k, v in f.items() if v) or "none")
 def test_set_last_readout_equals_every_frame_computed(flags, graph):
     """In training (dropout 0.3), float64: predictions and every gradient equal the readout of the model
@@ -80,12 +81,16 @@ def test_set_last_readout_equals_every_frame_computed(flags, graph):
                 **flags, **graph).double().train()
     x, v, q = random_inputs(b=3, ell=4, n=5)
     x.requires_grad_(True)
+    extra = {}
+    if graph["graph"] == "given":
+        adj = (torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+        extra["edge_attr"] = adj * (1 - torch.eye(5, dtype=torch.float64))
     params = [p for p in model.parameters()]
     results = []
     for skip in (True, False):
         torch.manual_seed(11)
         model.skip_unread = skip
-        out = model(x, v, q)
+        out = model(x, v, q, **extra)
         grads = torch.autograd.grad((out[0] ** 2).sum() + (out[1] * 1.5).sum(), [x, *params], allow_unused=True)
         results.append((out, grads, torch.rand(2)))
     (o1, g1, s1), (o2, g2, s2) = results

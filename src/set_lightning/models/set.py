@@ -41,7 +41,9 @@ class SETBlock(nn.Module):
 
     ``last_frame=True`` returns the last frame's outputs only (the EGCLs still run on every frame, whose
     features ETAL reads; ETAL computes the last frame's queries and the feed-forward the last frame):
-    the same numbers as the last frame of the full outputs, dropout masks included.
+    the same numbers as the last frame of the full outputs, dropout masks included. Without ETAL the
+    frames never meet, and ``n_frames=L`` says that the inputs are already the last of ``L`` frames
+    (``G = B``): every layer runs on it alone, the feed-forward's dropout masks drawn for all ``L``.
 
     Shapes:
         h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_features)`` on the edges of ``graph``
@@ -74,11 +76,15 @@ class SETBlock(nn.Module):
 
     def forward(
         self, h: torch.Tensor, x: torch.Tensor, u: torch.Tensor, edge_attr: torch.Tensor, batch: int,
-        graph: Graph | None = None, *, last_frame: bool = False,
+        graph: Graph | None = None, *, last_frame: bool = False, n_frames: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         run = self.recomputed if self.activation_checkpointing and torch.is_grad_enabled() else self.called
+        if n_frames is not None and self.etal is not None:
+            raise ValueError("n_frames (inputs that are the last frame only) needs a block without ETAL")
         for egcl in self.egcls:
             h, x = run(egcl, h, x, u, edge_attr, graph)
+        if n_frames is not None:  # the inputs are the last of n_frames frames, which never meet here
+            return h + run(self.last_frame_ff, h, (batch, n_frames, *h.shape[1:])), x, u
         if not last_frame:
             if self.etal is not None:
                 h, x, u = run(self.etal, h, x, u, batch)
@@ -199,8 +205,9 @@ class SET(GraphModel):
         if readout not in READOUTS:
             raise UserError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
         self.readout = readout
-        #: with ``readout="last"``, compute the last block on the last frame only (the same predictions;
-        #: off inside :func:`~set_lightning.models.base.every_output_computed`, what the compute unit counts)
+        #: with ``readout="last"``, compute the last block on the last frame only (without temporal attention
+        #: every block: the frames never meet); the same predictions. Off inside
+        #: :func:`~set_lightning.models.base.every_output_computed` (what the compute unit counts)
         self.skip_unread = True
         if hidden % n_heads:
             raise UserError(f"hidden={hidden} must be divisible by n_heads={n_heads}")
@@ -233,6 +240,13 @@ class SET(GraphModel):
         # bf16 / fp16 layer output to it promotes to fp32), only the layers' matmuls run in low precision
         h = self.embed(torch.cat(feats, dim=-1)).reshape(b * ell, n, -1).to(x.dtype)
         xs, us = x.reshape(b * ell, n, 3), v.reshape(b * ell, n, 3)
+        if self.readout == "last" and self.skip_unread and self.blocks[0].etal is None:
+            # no temporal attention: the frames never meet and only the last is read: it is computed alone
+            h, xs, us = (z.view(b, ell, n, -1)[:, -1] for z in (h, xs, us))
+            graph, edges = self.graph_edges(xs, attrs, pair, 1)
+            for block in self.blocks:
+                h, xs, us = block(h, xs, us, edges, b, graph, n_frames=ell)
+            return self.read_last_frame(h, xs, us, x, v)
         graph, edges = self.graph_edges(xs, attrs, pair, ell)
         if self.readout == "last" and self.skip_unread:
             # only the last frame is read: the last block computes it alone (block docstring; same numbers)
