@@ -127,3 +127,16 @@ def test_the_compute_unit_counts_every_frame_and_the_shortcut_saves_work():
         out = last(x, v, q)
         (out[0].square().mean() + out[1].square().mean()).backward()
     assert step.get_total_flops() < 0.9 * counted
+
+
+def test_a_block_takes_the_last_frame_the_way_its_layers_allow():
+    """With ETAL a block computes the last frame from every frame (``last_frame``); without, it is given
+    the last frame itself (``n_frames``); the other pairing is refused rather than computed wrongly."""
+    from set_lightning.models import SETBlock
+
+    h, x, u = torch.randn(6, 4, 8), torch.randn(6, 4, 3), torch.randn(6, 4, 3)
+    edges = torch.randn(6, 4, 3, 2)
+    with pytest.raises(ValueError, match="last_frame needs the block's ETAL"):
+        SETBlock(hidden=8, n_spatial_layers=1, n_heads=2, temporal_attention=False)(h, x, u, edges, 2, last_frame=True)
+    with pytest.raises(ValueError, match="last_frame needs the block's ETAL"):
+        SETBlock(hidden=8, n_spatial_layers=1, n_heads=2)(h, x, u, edges, 2, n_frames=3)

@@ -45,8 +45,8 @@ class EGCL(nn.Module):
     gate is :meth:`VectorOut.gate` (its last layer a matrix-vector product); on large edge tensors (N = 20)
     ``phi_e`` (its first layer, SiLU, second layer and SiLU) is computed by chunks of graphs without
     storing an edge tensor (:func:`~set_lightning.models.fused.edge_messages`: the backward recomputes its
-    inside, one more matrix product) and ``phi_x``'s ``SiLU -> Linear`` does not store the SiLU's output
-    (:func:`~set_lightning.models.fused.silu_linear`). The readable dense form of the whole layer is
+    inside, one more matrix product) and ``phi_x``'s two layers store only their input, the messages
+    (:func:`~set_lightning.models.fused.linear_silu_linear`). The readable dense form of the whole layer is
     :func:`set_lightning.models.reference.egcl`.
 
     Args:

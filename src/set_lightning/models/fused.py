@@ -7,7 +7,8 @@ over the edge and pair tensors or storing less for the backward.
 - :func:`pair_silu_gates`: ETAL's equivariant gates from the ``(R, T, T, H)`` pair tensor, chunk by chunk,
   without storing it.
 - :func:`edge_messages`: EGCL's messages ``phi_e`` (pair layer, SiLU, linear layer, SiLU) on large edge
-  tensors, chunk by chunk, storing no edge tensor.
+  tensors, chunk by chunk, storing no edge tensor;
+- :func:`linear_silu_linear`: a two-layer MLP with few outputs (EGCL's coordinate gate) storing only its input.
 
 Axis symbols as in :mod:`.layers`.
 """
@@ -260,18 +261,18 @@ def _edge_pre(za, zb, index, wrows, cols, r0, r1):  # type: ignore[no-untyped-de
     return pre
 
 
-def _scatter_nodes(g_pre: torch.Tensor, index: torch.Tensor, q: int) -> torch.Tensor:
-    """The gradient of :func:`~set_lightning.models.graph.gather_nodes` (an ``index_add`` over the gathered nodes).
+def _scatter_nodes_(out: torch.Tensor, g_pre: torch.Tensor, index: torch.Tensor) -> None:
+    """Add the gradient of :func:`~set_lightning.models.graph.gather_nodes` into ``out`` (an ``index_add`` over
+    the gathered nodes).
 
-    Shapes: g_pre ``(G, N, K, d)``, index ``(N, K)`` or ``(G, N, K)`` -> ``(G, q, d)``.
+    Shapes: out ``(G, Q, d)`` (contiguous), g_pre ``(G, N, K, d)``, index ``(N, K)`` or ``(G, N, K)``.
     """
     g, n, k, d = g_pre.shape
-    out = g_pre.new_zeros(g, q, d)
     if index.dim() == 2:
-        return out.index_add_(1, index.flatten(), g_pre.view(g, n * k, d))
-    offsets = torch.arange(g, device=index.device).view(g, 1, 1) * q
-    out.view(g * q, d).index_add_(0, (index + offsets).flatten(), g_pre.view(g * n * k, d))
-    return out
+        out.index_add_(1, index.flatten(), g_pre.view(g, n * k, d))
+        return
+    offsets = torch.arange(g, device=index.device).view(g, 1, 1) * out.shape[1]
+    out.view(-1, d).index_add_(0, (index + offsets).flatten(), g_pre.view(g * n * k, d))
 
 
 class _EdgeMessages(torch.autograd.Function):
@@ -302,7 +303,7 @@ class _EdgeMessages(torch.autograd.Function):
         g, n, d = za.shape
         k, e = index.shape[-1], w2.shape[0]
         g_za = torch.empty_like(za) if need_za else None
-        g_zb = torch.empty_like(zb) if need_zb else None
+        g_zb = torch.zeros_like(zb) if need_zb else None
         g_w2 = torch.zeros_like(w2) if need_w2 else None
         g_b2 = torch.zeros_like(b2) if need_b2 else None
         g_wc = torch.zeros(len(cols), d, dtype=za.dtype, device=za.device) if need_wc else None
@@ -322,7 +323,7 @@ class _EdgeMessages(torch.autograd.Function):
             if need_za:
                 torch.sum(g4, 2, out=g_za[r0:r1])
             if need_zb:
-                g_zb[r0:r1] = _scatter_nodes(g4, index if index.dim() == 2 else index[r0:r1], zb.shape[1])
+                _scatter_nodes_(g_zb[r0:r1], g4, index if index.dim() == 2 else index[r0:r1])
             _add_col_grads(g4, cols, wrows, g_wc, g_cols, g, r0, r1)
         return (g_za, g_zb, None, None if g_wc is None else g_wc.t(), g_w2, g_b2, *g_cols)
 

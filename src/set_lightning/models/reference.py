@@ -102,10 +102,8 @@ def edge_messages(za, zb, index, cols, wcols, w2, b2):  # type: ignore[no-untype
     Shapes: za, zb ``(G, N, d)``, index ``(N, K)`` or ``(G, N, K)``, cols ``c`` x broadcastable to
     ``(G, N, K, 1)``, wcols ``(d, c)`` or None, w2 ``(e, d)``, b2 ``(e,)`` -> ``(G, N, K, e)``.
     """
-    if index.dim() == 2:
-        zj = zb[:, index]
-    else:
-        zj = torch.stack([zb[g][index[g]] for g in range(zb.shape[0])])
+    graphs = torch.arange(zb.shape[0], device=zb.device).view(-1, 1, 1)
+    zj = zb[:, index] if index.dim() == 2 else zb[graphs, index]  # (G, N, K, d)
     pre = za.unsqueeze(-2) + zj
     if cols:
         pre = pre + nn.functional.linear(torch.cat([c.expand(pre.shape[:-1] + (1,)) for c in cols], -1), wcols)

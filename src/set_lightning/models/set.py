@@ -39,11 +39,11 @@ class SETBlock(nn.Module):
         activation_checkpointing: while gradients are recorded, keep only each layer's (EGCL, ETAL,
             feed-forward) inputs and recompute its insides in the backward pass (see :class:`SET`).
 
-    ``last_frame=True`` returns the last frame's outputs only (the EGCLs still run on every frame, whose
-    features ETAL reads; ETAL computes the last frame's queries and the feed-forward the last frame):
-    the same numbers as the last frame of the full outputs, dropout masks included. Without ETAL the
-    frames never meet, and ``n_frames=L`` says that the inputs are already the last of ``L`` frames
-    (``G = B``): every layer runs on it alone, the feed-forward's dropout masks drawn for all ``L``.
+    ``last_frame=True`` (a block with ETAL) returns the last frame's outputs only (the EGCLs still run on
+    every frame, whose features ETAL reads; ETAL computes the last frame's queries and the feed-forward
+    the last frame): the same numbers as the last frame of the full outputs, dropout masks included.
+    Without ETAL the frames never meet, and ``n_frames=L`` says that the inputs are already the last of
+    ``L`` frames (``G = B``): every layer runs on it alone, the feed-forward's dropout masks drawn for all ``L``.
 
     Shapes:
         h: ``(G, N, H)``, x, u: ``(G, N, 3)``, edge_attr: ``(G, N, K, edge_features)`` on the edges of ``graph``
@@ -79,31 +79,29 @@ class SETBlock(nn.Module):
         graph: Graph | None = None, *, last_frame: bool = False, n_frames: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         run = self.recomputed if self.activation_checkpointing and torch.is_grad_enabled() else self.called
-        if n_frames is not None and self.etal is not None:
-            raise ValueError("n_frames (inputs that are the last frame only) needs a block without ETAL")
+        if (last_frame and self.etal is None) or (n_frames is not None and self.etal is not None):
+            raise ValueError("last_frame needs the block's ETAL; without ETAL pass the last frame itself, with n_frames")
         for egcl in self.egcls:
             h, x = run(egcl, h, x, u, edge_attr, graph)
         if n_frames is not None:  # the inputs are the last of n_frames frames, which never meet here
-            return h + run(self.last_frame_ff, h, (batch, n_frames, *h.shape[1:])), x, u
+            return h + run(self.last_frame_ff, h, n_frames), x, u
         if not last_frame:
             if self.etal is not None:
                 h, x, u = run(self.etal, h, x, u, batch)
             return h + run(self.ff, h), x, u
-        full_shape = (batch, h.shape[0] // batch, *h.shape[1:])  # (B, L, N, H)
-        if self.etal is not None:
-            h, x, u = run(self.etal, h, x, u, batch, last_frame=True)
-        else:
-            h, x, u = (z.view(batch, -1, *z.shape[1:])[:, -1] for z in (h, x, u))
-        return h + run(self.last_frame_ff, h, full_shape), x, u
+        n_frames = h.shape[0] // batch
+        h, x, u = run(self.etal, h, x, u, batch, last_frame=True)
+        return h + run(self.last_frame_ff, h, n_frames), x, u
 
-    def last_frame_ff(self, h: torch.Tensor, full_shape: tuple[int, ...]) -> torch.Tensor:
-        """``self.ff`` on the last frame of a ``full_shape`` input, with the full input's dropout masks.
+    def last_frame_ff(self, h: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """``self.ff`` on the last of ``n_frames`` frames, with the dropout masks of all ``n_frames``.
 
-        Shapes: h ``(B, N, H)``, full_shape ``(B, L, N, H)`` -> ``(B, N, H)``.
+        Shapes: h ``(B, N, H)`` -> ``(B, N, H)`` (the masks drawn for ``(B, n_frames, N, .)``).
         """
         for layer in self.ff:
             if isinstance(layer, nn.Dropout):
-                h = dropout_part(h, layer.p, layer.training, (*full_shape[:-1], h.shape[-1]), (slice(None), -1))
+                full_shape = (h.shape[0], n_frames, *h.shape[1:])
+                h = dropout_part(h, layer.p, layer.training, full_shape, (slice(None), -1))
             else:
                 h = layer(h)
         return h
