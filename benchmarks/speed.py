@@ -16,6 +16,7 @@ alike); the tables give medians, and the ratio to EGNN is measured in the same l
     python benchmarks/speed.py --breakdown           # + SET's and EGNN's step time by op: matrix products vs the rest
     python benchmarks/speed.py --bf16                # + bf16-mixed autocast step time vs fp32
     python benchmarks/speed.py --compile             # + each model eager vs model.compile (torch.compile) and its compile time
+    python benchmarks/speed.py --shortcuts           # + SET's same-function shortcuts vs what they replace
     python benchmarks/speed.py --cores               # + 2 cores: 1 run x 2 threads, 2 runs x 1 thread, DDP
     python benchmarks/speed.py --profile             # + torch.profiler tables -> results/profile.md
     python benchmarks/speed.py --profile --baseline <git rev>   # + before/after against an older revision
@@ -45,6 +46,9 @@ Modes:
     most time, and the bound on the speed-up without faster matrix products (step / matrix-product time);
   * ``--bf16``: the step with the forward and the loss under ``torch.autocast(bfloat16)`` (what
     ``trainer.precision=bf16-mixed`` does) against fp32, SET and EGNN as configured;
+  * ``--shortcuts``: SET's same-function shortcuts, each timed against the computation it replaces: the
+    last-frame shortcut of ``readout: last`` (with and without temporal attention) and EGCL's store-less edge
+    path at N = 5, 10, 14, 20;
   * ``--cores``: SET as configured, using two cores three ways: one run with 2 torch threads; two
     1-thread runs side by side (total throughput); DDP over 2 gloo processes (a short Lightning fit with
     ``strategy=ddp, devices=2, accelerator=cpu``, timed per step).
@@ -312,6 +316,104 @@ def run_compile(args: argparse.Namespace, device: torch.device, log: Callable) -
     return lines + [""]
 
 
+class ContextStepper(Stepper):
+    """A :class:`Stepper` whose forward passes run inside ``context(net)`` (a setting of the library that is
+    read while the forward runs: which frames SET computes, which EGCL edge path it takes)."""
+
+    def __init__(self, case: Case, device: torch.device, context: Callable[[torch.nn.Module], Any]) -> None:
+        super().__init__(case, device)
+        self.context = context
+
+    def loss(self) -> torch.Tensor:
+        with self.context(self.module.net):
+            return super().loss()
+
+
+def as_built(net: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The library's default: no setting changed."""
+    return contextlib.nullcontext(net)
+
+
+@contextlib.contextmanager
+def edge_path(store_less: bool) -> Any:
+    """EGCL's edge MLPs on the store-less fused path (``fused.edge_messages`` / ``linear_silu_linear``) for every
+    edge tensor (``store_less``) or for none, whatever its size (``fused.STORE_LESS_ELEMENTS`` set for the block)."""
+    from set_lightning.models import fused
+
+    saved = fused.STORE_LESS_ELEMENTS
+    fused.STORE_LESS_ELEMENTS = 0 if store_less else 1 << 62
+    try:
+        yield
+    finally:
+        fused.STORE_LESS_ELEMENTS = saved
+
+
+def max_prediction_gap(st: ContextStepper, other: ContextStepper) -> float:
+    """Largest ``|x_pred|``, ``|v_pred|`` difference of the two steppers' models on ``st``'s batch, ``other`` given
+    ``st``'s parameters, in eval mode (no dropout): the shortcut's predictions against the full computation's."""
+    other.module.net.load_state_dict(st.module.net.state_dict())
+    b = st.batch
+    outs = []
+    for s in (st, other):
+        s.module.eval()
+        with torch.no_grad(), s.context(s.module.net):
+            outs.append(s.module.net(b["x"], b["v"], b["charges"]))
+        s.module.train()
+    return max((p - q).abs().max().item() for p, q in zip(*outs))
+
+
+def run_shortcuts(args: argparse.Namespace, device: torch.device, log: Callable) -> list[str]:
+    """``--shortcuts``: what SET's same-function shortcuts save, each against the computation it replaces,
+    side by side: the last-frame shortcut (``readout: last``) with and without temporal attention, and EGCL's
+    store-less edge path against the plain one at the sizes where it is switched on."""
+    from set_lightning.models.base import every_output_computed
+
+    b = args.batch or (20 if args.quick else 100)
+    lines = ["## Same-function shortcuts (--shortcuts)", "",
+             f"SET (conf/set.yaml, `readout: last`, L=10, B={b}, fp32, {torch.get_num_threads()} thread(s)). "
+             "Last frame: the model as built (the last block computes frame L alone; without temporal attention "
+             "every block does) against the same model with every frame computed "
+             "(`models.base.every_output_computed`, what the compute unit counts), timed round-robin. 'max |Δ "
+             "pred|' is the largest difference of the two models' predictions on the batch (same parameters, "
+             "eval mode): the shortcut computes the same function (tests/models/test_last_frame.py holds it to "
+             "1e-10 in float64 with dropout and gradients).", "",
+             "| arm | N | every frame ms | shortcut ms | speed-up | activation MiB every frame | shortcut | "
+             "max \|Δ pred\| |", "|---|---|---|---|---|---|---|---|"]
+    arms = (("temporal attention (conf)", []), ("no temporal attention", ["--model.net.init_args.temporal_attention=false"]))
+    for arm, extra in arms:
+        shape = ["--data.history=10", f"--data.batch_size={b}", *extra]
+        cases = [Case("set", shape, "{model} every frame"), Case("set", shape, "{model} shortcut")]
+        steppers = [ContextStepper(cases[0], device, every_output_computed), ContextStepper(cases[1], device, as_built)]
+        gap = max_prediction_gap(steppers[1], steppers[0])
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        full, short = (c.result for c in cases)
+        lines.append(f"| {arm} | {cases[0].n} | {fmt(full['ms'])} | {fmt(short['ms'])} | "
+                     f"{full['ms'] / short['ms']:.2f}x | {fmt(full['act_mib'])} | {fmt(short['act_mib'])} | {gap:.1e} |")
+    from set_lightning.models import fused
+
+    lines += ["", "Store-less edge path: EGCL's message MLP (`fused.edge_messages`) and coordinate gate "
+              "(`fused.linear_silu_linear`) keep no edge tensor for the backward and recompute it there; the "
+              f"library takes that path from `fused.STORE_LESS_ELEMENTS` = {fused.STORE_LESS_ELEMENTS:,} edge-tensor "
+              "elements on (`G N K H`, G = B L graphs). Here each N is run both ways, the path forced for the "
+              "whole step, timed round-robin.", "",
+              "| N | edge tensor elements | library's path | plain ms | store-less ms | time ratio (plain / "
+              "store-less) | activation MiB plain | store-less | memory ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in ((5, 20) if args.quick else (5, 10, 14, 20)):
+        shape = ["--data.history=10", f"--data.n_particles={n}", f"--data.batch_size={b}"]
+        cases = [Case("set", shape, "{model} plain"), Case("set", shape, "{model} store-less")]
+        steppers = [ContextStepper(c, device, lambda net, s=s: edge_path(s)) for c, s in zip(cases, (False, True))]
+        time_group(cases, device, args.repeats, args.budget, log, steppers)
+        release_freed_memory()
+        plain, less = (c.result for c in cases)
+        c = cases[0]  # conf/set.yaml's complete graph: K = N - 1 edges per node
+        elements = c.batch * c.ell * n * (n - 1) * steppers[0].init_args["hidden"]
+        taken = "store-less" if elements >= fused.STORE_LESS_ELEMENTS else "plain"
+        lines.append(f"| {n} | {elements:,} | {taken} | {fmt(plain['ms'])} | {fmt(less['ms'])} | "
+                     f"{plain['ms'] / less['ms']:.2f}x | {fmt(plain['act_mib'])} | {fmt(less['act_mib'])} | "
+                     f"{plain['act_mib'] / less['act_mib']:.2f}x |")
+    return lines + [""]
+
+
 def largest_layer_mib(stepper: Stepper) -> float:
     """MiB saved for backward inside the largest single layer (EGCL, ETAL or feed-forward) of a SET."""
     layers = [m for block in stepper.module.net.blocks for m in (*block.egcls, block.etal, block.ff) if m is not None]
@@ -478,6 +580,8 @@ def main() -> None:
                              "activation memory; with --profile also the profile's before/after at 1 and 2 threads)")
     parser.add_argument("--compile", action="store_true",
                         help="each model eager vs model.compile (torch.compile), side by side, and the compile time")
+    parser.add_argument("--shortcuts", action="store_true",
+                        help="SET's same-function shortcuts (last frame, store-less edge path) vs what they replace")
     parser.add_argument("--allocator", action="store_true",
                         help="SET's step with the glibc keep-freed-memory setting on vs off (separate processes)")
     parser.add_argument("--shipped", default=None, metavar="REV",
@@ -531,6 +635,8 @@ def main() -> None:
         parts.append(("--checkpointing", args.output, lambda: header + run_checkpointing(args, device, log)))
     if args.compile:
         parts.append(("--compile", args.output, lambda: header + run_compile(args, device, log)))
+    if args.shortcuts:
+        parts.append(("--shortcuts", args.output, lambda: header + run_shortcuts(args, device, log)))
     if args.cores:
         parts.append(("--cores", args.output, lambda: header + run_cores(args, log)))
     if args.baseline:
