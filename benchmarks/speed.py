@@ -90,7 +90,7 @@ from step_harness import (  # benchmarks/step_harness.py: the timing harness
 )
 from two_cores import run_cores  # benchmarks/two_cores.py
 
-from set_lightning.compute import cpu_flags, cpu_model
+from set_lightning.compute import code_revision, cpu_flags, cpu_model
 from set_lightning.memory import release_freed_memory
 from set_lightning.saved_tensors import saved_for_backward
 
@@ -616,7 +616,8 @@ def main() -> None:
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"CUDA available: {with_cuda}" + (f" ({torch.cuda.get_device_name()})" if with_cuda else "")
         + f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, os.cpu_count()={os.cpu_count()}  ",
-        f"CPU: {cpu_model()} (flags: {', '.join(cpu_flags()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'})",
+        f"CPU: {cpu_model()} (flags: {', '.join(cpu_flags()) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}); "
+        f"code: {code_revision(REPO) or 'not a git checkout'}",
         "",
     ]
     if args.threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
