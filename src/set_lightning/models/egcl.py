@@ -132,7 +132,7 @@ class EGCL(nn.Module):
         cols = [c.to(radial.dtype) for c in cols]
         act, lin, act_out = self.edge_out  # SiLU -> Linear -> SiLU
         g, n, k = radial.shape[:3]
-        if g * n * k * self.edge_in.lin_a.out_features >= fused.STORE_LESS_ELEMENTS:
+        if fused.store_less(g * n * k * self.edge_in.lin_a.out_features):
             # large edge tensors (N = 20): the whole chain by chunks of graphs, no edge tensor stored
             za, zb, tensor_cols, weight = self.edge_in.node_terms(hn, hn, cols)
             return edge_messages(za, zb, graph.index, tensor_cols, weight, lin.weight, lin.bias)

@@ -96,7 +96,7 @@ class VectorOut(nn.Module):
             raise ValueError("gate() needs an equivariant head with one vector")
         weight, bias = self.last_layer()
         layers = list(self.net)
-        large = f.numel() >= fused.STORE_LESS_ELEMENTS
+        large = fused.store_less(f.numel())
         if large and len(layers) == 3 and isinstance(layers[1], nn.SiLU):
             first = layers[0]  # Linear -> SiLU -> Linear storing only f: see linear_silu_linear
             return self.bound(linear_silu_linear(f, first.weight, first.bias, weight, bias).squeeze(-1))
