@@ -92,10 +92,11 @@ class NBodyLightningModule(pl.LightningModule):
             ``{stage}/pos_mse_close``; the others as ``{stage}/pos_mse_calm``.
         compile: run the model through ``torch.compile`` (inductor; :meth:`configure_model`): the same
             math (float64 outputs and gradients equal the eager ones to rounding, tests/app/test_compile.py),
-            not part of a run's identity. Pays for models whose step is many small ops: on one CPU thread
-            EGNN and SET L = 1 step 1.35-2.1x faster after a compile of 65-120 s per process (less from
-            inductor's cache), and evaluation (no-grad graphs) and every new batch shape compile again; SET
-            L = 10 1.07x at N = 5, 1.38x at N = 20 (``benchmarks/speed.py --compile``). Dropout draws
+            not part of a run's identity. On one CPU thread (``benchmarks/speed.py --compile``, Zen 4) EGNN
+            steps 1.28x faster, SET L = 1 1.40x, SET L = 10 1.14-1.22x at N = 5 and 1.17x at N = 20, after a
+            compile of 65-205 s per process (less from inductor's cache); evaluation (no-grad graphs) and
+            every new batch shape compile again. The compiled SET takes EGCL's plain edge path
+            (:func:`~set_lightning.models.fused.store_less`). Dropout draws
             its masks from inductor's generator (the same probability, other masks than eager's). On CPU
             it needs a C++ compiler (``$CXX``, ``g++`` or ``clang++``).
 
