@@ -378,7 +378,7 @@ def run_shortcuts(args: argparse.Namespace, device: torch.device, log: Callable)
              "eval mode): the shortcut computes the same function (tests/models/test_last_frame.py holds it to "
              "1e-10 in float64 with dropout and gradients).", "",
              "| arm | N | every frame ms | shortcut ms | speed-up | activation MiB every frame | shortcut | "
-             "max \|Δ pred\| |", "|---|---|---|---|---|---|---|---|"]
+             "max \\|Δ pred\\| |", "|---|---|---|---|---|---|---|---|"]
     arms = (("temporal attention (conf)", []), ("no temporal attention", ["--model.net.init_args.temporal_attention=false"]))
     for arm, extra in arms:
         shape = ["--data.history=10", f"--data.batch_size={b}", *extra]
