@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import gather_nodes
+from .graph import gather_nodes, scatter_add_nodes_
 
 
 class _AddOuter(torch.autograd.Function):
@@ -258,32 +258,22 @@ def pair_silu_gates(
     return _PairSiluGates.apply(za, zb.to(dtype), wcols.to(dtype), weight.to(dtype), *cols)
 
 
+def _chunk_index(index: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+    """The neighbour table of graphs ``r0:r1``: the shared ``(N, K)`` one, or their rows of a ``(G, N, K)`` one."""
+    return index if index.dim() == 2 else index[r0:r1]
+
+
 def _edge_pre(za, zb, index, wrows, cols, r0, r1):  # type: ignore[no-untyped-def]
     """The edge pre-activations ``za_i + zb_{index[i, k]} + cols_ik @ wcols.T`` of graphs ``r0:r1``.
 
     Shapes: za, zb ``(G, N, d)``, index ``(N, K)`` or ``(G, N, K)``, wrows ``(c, d)``, cols broadcastable to
     ``(G, N, K, 1)`` -> ``(r1 - r0, N, K, d)``.
     """
-    part = index if index.dim() == 2 else index[r0:r1]
-    pre = gather_nodes(zb[r0:r1], part)
+    pre = gather_nodes(zb[r0:r1], _chunk_index(index, r0, r1))
     pre += za[r0:r1].unsqueeze(-2)
     for c, col in enumerate(cols):
         pre.addcmul_(_chunk_col(col, za.shape[0], r0, r1), wrows[c])
     return pre
-
-
-def _scatter_nodes_(out: torch.Tensor, g_pre: torch.Tensor, index: torch.Tensor) -> None:
-    """Add the gradient of :func:`~set_lightning.models.graph.gather_nodes` into ``out`` (an ``index_add`` over
-    the gathered nodes).
-
-    Shapes: out ``(G, Q, d)`` (contiguous), g_pre ``(G, N, K, d)``, index ``(N, K)`` or ``(G, N, K)``.
-    """
-    g, n, k, d = g_pre.shape
-    if index.dim() == 2:
-        out.index_add_(1, index.flatten(), g_pre.view(g, n * k, d))
-        return
-    offsets = torch.arange(g, device=index.device).view(g, 1, 1) * out.shape[1]
-    out.view(-1, d).index_add_(0, (index + offsets).flatten(), g_pre.view(g * n * k, d))
 
 
 class _EdgeMessages(torch.autograd.Function):
@@ -334,7 +324,7 @@ class _EdgeMessages(torch.autograd.Function):
             if need_za:
                 torch.sum(g4, 2, out=g_za[r0:r1])
             if need_zb:
-                _scatter_nodes_(g_zb[r0:r1], g4, index if index.dim() == 2 else index[r0:r1])
+                scatter_add_nodes_(g_zb[r0:r1], g4, _chunk_index(index, r0, r1))
             _add_col_grads(g4, cols, wrows, g_wc, g_cols, g, r0, r1)
         return (g_za, g_zb, None, None if g_wc is None else g_wc.t(), g_w2, g_b2, *g_cols)
 

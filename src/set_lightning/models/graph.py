@@ -30,8 +30,26 @@ def gather_nodes(z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         out = z.index_select(-2, index.flatten())
         return out.view(*z.shape[:-2], *index.shape, z.shape[-1])
     g, q, d = z.shape
-    offsets = torch.arange(g, device=index.device).view(g, 1, 1) * q
-    return z.reshape(g * q, d).index_select(0, (index + offsets).flatten()).view(*index.shape, d)
+    return z.reshape(g * q, d).index_select(0, _flat_index(index, q)).view(*index.shape, d)
+
+
+def scatter_add_nodes_(out: torch.Tensor, grad: torch.Tensor, index: torch.Tensor) -> None:
+    """Add ``grad`` of :func:`gather_nodes`' output into ``out`` at the gathered nodes (its adjoint: one
+    ``index_add_``), in place.
+
+    Shapes: out ``(G, Q, D)`` (contiguous), grad ``(G, P, K, D)``, index ``(P, K)`` or ``(G, P, K)``.
+    """
+    g, p, k, d = grad.shape
+    if index.dim() == 2:
+        out.index_add_(1, index.flatten(), grad.view(g, p * k, d))
+        return
+    out.view(-1, d).index_add_(0, _flat_index(index, out.shape[1]), grad.view(g * p * k, d))
+
+
+def _flat_index(index: torch.Tensor, q: int) -> torch.Tensor:
+    """Per-graph node tables ``(G, P, K)`` as rows of the flattened ``(G * Q, D)`` node tensor: ``(G * P * K,)``."""
+    offsets = torch.arange(index.shape[0], device=index.device).view(-1, 1, 1) * q
+    return (index + offsets).flatten()
 
 
 class Graph:
