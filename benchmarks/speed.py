@@ -92,6 +92,8 @@ from two_cores import run_cores  # benchmarks/two_cores.py
 
 from set_lightning.compute import code_revision, cpu_flags, cpu_model
 from set_lightning.memory import release_freed_memory
+from set_lightning.models import fused
+from set_lightning.models.base import every_output_computed
 from set_lightning.saved_tensors import saved_for_backward
 
 SCRIPT = "benchmarks/speed.py"
@@ -338,8 +340,6 @@ def as_built(net: torch.nn.Module) -> contextlib.AbstractContextManager:
 def edge_path(store_less: bool) -> Any:
     """EGCL's edge MLPs on the store-less fused path (``fused.edge_messages`` / ``linear_silu_linear``) for every
     edge tensor (``store_less``) or for none, whatever its size (``fused.STORE_LESS_ELEMENTS`` set for the block)."""
-    from set_lightning.models import fused
-
     saved = fused.STORE_LESS_ELEMENTS
     fused.STORE_LESS_ELEMENTS = 0 if store_less else 1 << 62
     try:
@@ -366,8 +366,6 @@ def run_shortcuts(args: argparse.Namespace, device: torch.device, log: Callable)
     """``--shortcuts``: what SET's same-function shortcuts save, each against the computation it replaces,
     side by side: the last-frame shortcut (``readout: last``) with and without temporal attention, and EGCL's
     store-less edge path against the plain one at the sizes where it is switched on."""
-    from set_lightning.models.base import every_output_computed
-
     b = args.batch or (20 if args.quick else 100)
     lines = ["## Same-function shortcuts (--shortcuts)", "",
              f"SET (conf/set.yaml, `readout: last`, L=10, B={b}, fp32, {torch.get_num_threads()} thread(s)). "
@@ -389,8 +387,6 @@ def run_shortcuts(args: argparse.Namespace, device: torch.device, log: Callable)
         full, short = (c.result for c in cases)
         lines.append(f"| {arm} | {cases[0].n} | {fmt(full['ms'])} | {fmt(short['ms'])} | "
                      f"{full['ms'] / short['ms']:.2f}x | {fmt(full['act_mib'])} | {fmt(short['act_mib'])} | {gap:.1e} |")
-    from set_lightning.models import fused
-
     lines += ["", "Store-less edge path: EGCL's message MLP (`fused.edge_messages`) and coordinate gate "
               "(`fused.linear_silu_linear`) keep no edge tensor for the backward and recompute it there; the "
               f"library takes that path from `fused.STORE_LESS_ELEMENTS` = {fused.STORE_LESS_ELEMENTS:,} edge-tensor "
